@@ -1,0 +1,84 @@
+"""``create_app(config)``: the whole gateway of one worker, assembled in one place.
+
+    /_gateway/...   the gateway's own pages and APIs (views.py), with their
+                    form-state middleware (aiohttp-session) scoped to them
+    everything else the proxy pipeline (pipeline.handle), no middleware:
+                    it reads top to bottom in one function
+
+Clients (the upstream ClientSession, the session store) are opened and
+closed in ``cleanup_ctx``, so tests and workers get the same lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .access import Router
+from .assertion import AssertionSigner, load_or_create_key
+from .config import IdentityHeaders, Config
+from .headers import fold
+from .pipeline import NOTICE_COOKIE, handle
+from .proxy import new_client_session
+from .sessions import SessionManager
+from .state import GATEWAY, Gateway
+from .store import REASON_DISABLED, SessionStore, StoreUnavailable, create_store
+from .users import UserDirectory
+from .views import FORM_COOKIE, create_pages_app
+
+log = logging.getLogger("gateway")
+
+
+def assertion_key_path(config: Config):  # type: ignore[no-untyped-def]
+    return config.assertion.key_file or config.base_dir / "gateway-assertion-key.pem"
+
+
+def create_app(config: Config, store: SessionStore | None = None) -> web.Application:
+    """Build one worker's application; ``store`` overrides the configured one (tests)."""
+    app = web.Application(handler_args={"max_field_size": 64 * 2**10,
+                                        "max_line_size": 16 * 2**10})
+    users = UserDirectory(config.users_file)
+    signer = AssertionSigner(load_or_create_key(assertion_key_path(config)),
+                             issuer=config.public_url, lifetime=config.assertion.lifetime)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        session_store = store or create_store(config.session)
+        client = new_client_session()
+        gw = Gateway(
+            config=config, router=Router(config.upstreams), users=users,
+            store=session_store, sessions=SessionManager(config, session_store, users),
+            signer=signer, client=client,
+            strip_headers=frozenset(fold(n) for n in
+                                    (*config.headers.names(), *IdentityHeaders().names())),
+            own_cookies=frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE}))
+        app[GATEWAY] = gw
+        users.on_lost = lambda keys: _end_sessions_of(gw, keys)
+        yield
+        await client.close()
+        await session_store.close()
+        users.close()
+
+    app.cleanup_ctx.append(resources)
+    app.add_subapp(config.prefix, create_pages_app(config))
+    app.router.add_route("*", "/{path:.*}", handle)
+    return app
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _end_sessions_of(gw: Gateway, keys: set[str]) -> None:
+    """Users removed or disabled in the users file lose every session."""
+    async def run() -> None:
+        for key in keys:
+            try:
+                ended = await gw.store.revoke_user(key, REASON_DISABLED)
+                log.info("user %s disabled or removed: %d sessions ended", key, ended)
+            except StoreUnavailable:
+                log.warning("could not end sessions of disabled user %s: store unavailable", key)
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

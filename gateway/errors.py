@@ -1,0 +1,56 @@
+"""Small error responses: HTML for browsers, JSON for everything else.
+
+Never a stack trace: every status the gateway itself produces goes through
+here with a fixed code and a message written for the person reading it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from aiohttp import web
+
+TITLES = {
+    400: "Bad request", 401: "Sign-in required", 403: "Forbidden",
+    404: "Not found", 405: "Method not allowed", 413: "Request body too large",
+    429: "Too many requests", 431: "Request headers too large",
+    500: "Internal error", 502: "Bad gateway", 503: "Service unavailable",
+    504: "Gateway timeout",
+}
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{status} {title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#222}}
+h1{{font-size:1.4rem}}</style></head>
+<body><main><h1>{status} {title}</h1><p>{message}</p></main></body></html>
+"""
+
+
+def wants_html(request: web.BaseRequest) -> bool:
+    """A browser navigation: it asks for HTML before (or instead of) JSON."""
+    accept = request.headers.get("Accept", "")
+    html_at = accept.find("text/html")
+    if html_at < 0:
+        return False
+    json_at = accept.find("application/json")
+    return json_at < 0 or html_at < json_at
+
+
+def json_response(status: int, body: dict, headers: dict | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body),
+                        content_type="application/json", headers=headers)
+
+
+def error_response(request: web.BaseRequest, status: int, code: str,
+                   message: str, headers: dict | None = None) -> web.Response:
+    """``{"error": code, "message": ...}`` or a one-paragraph HTML page."""
+    headers = {"Cache-Control": "no-store", **(headers or {})}
+    if wants_html(request):
+        page = _PAGE.format(status=status, title=TITLES.get(status, "Error"),
+                            message=html.escape(message))
+        return web.Response(status=status, text=page, content_type="text/html",
+                            headers=headers)
+    return json_response(status, {"error": code, "message": message}, headers)

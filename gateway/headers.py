@@ -1,0 +1,140 @@
+"""Pure functions from request or response headers to the headers to send on.
+
+Nothing here does I/O, so every spoofing variant is a row in a test table.
+Header names are compared lowercased with ``_`` and ``.`` folded to ``-``,
+because some servers (CGI, WSGI, PHP) read ``X_Auth_User`` as ``X-Auth-User``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict
+
+# RFC 9110 section 7.6.1, plus the non-standard ones proxies still meet.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization",
+})
+# Set by the gateway from what it knows; a client's values are never believed
+# unless it is a trusted proxy (then X-Forwarded-* are extended, not replaced).
+FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                       "x-real-ip", "forwarded"})
+
+
+def fold(name: str) -> str:
+    """The name a lenient upstream may read: ``X_Auth.User`` -> ``x-auth-user``."""
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def connection_tokens(headers: Mapping[str, str] | CIMultiDict[str]) -> set[str]:
+    """Header names listed in ``Connection``: hop-by-hop for this hop only."""
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):  # type: ignore[union-attr]
+        tokens.update(fold(t.strip()) for t in value.split(",") if t.strip())
+    return tokens
+
+
+def strip_cookie(value: str, drop: Iterable[str]) -> str:
+    """Remove the gateway's own cookies from a Cookie header value."""
+    drop = set(drop)
+    kept = [part for part in (p.strip() for p in value.split(";"))
+            if part and part.split("=", 1)[0].strip() not in drop]
+    return "; ".join(kept)
+
+
+def client_ip(peer: str | None, headers: CIMultiDict[str], trusted: tuple) -> str:
+    """The first address, right to left, that is not a trusted proxy.
+
+    A client can put anything in X-Forwarded-For; only the entries appended
+    by proxies we trust are believed, starting from the direct peer.
+    """
+    if not peer:
+        return ""
+    if not _trusted(peer, trusted):
+        return peer
+    chain = [peer]
+    for value in reversed(headers.getall("X-Forwarded-For", [])):
+        chain.extend(a.strip() for a in reversed(value.split(",")) if a.strip())
+    for addr in chain:
+        if not _trusted(addr, trusted):
+            return addr
+    return chain[-1]
+
+
+def _trusted(addr: str, trusted: tuple) -> bool:
+    if not trusted:
+        return False
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def upstream_request_headers(
+    incoming: CIMultiDict[str],
+    *,
+    peer: str | None,
+    client: str,
+    scheme: str,
+    host: str,
+    trusted: tuple,
+    strip: frozenset[str],
+    drop_cookies: Iterable[str],
+    identity: Mapping[str, str] | None = None,
+    upstream_host: str | None = None,
+) -> CIMultiDict[str]:
+    """Headers for the upstream request.
+
+    Hop-by-hop headers (and those named in ``Connection``) go; every header
+    whose folded name is in ``strip`` (identity headers) goes in any spelling;
+    the gateway's cookies go; X-Forwarded-* are rebuilt; ``identity`` is added.
+    """
+    skip = HOP_BY_HOP | connection_tokens(incoming) | strip | FORWARDED
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        folded = fold(name)
+        if folded in skip or folded == "host":
+            continue
+        if folded == "cookie":
+            value = strip_cookie(value, drop_cookies)
+            if not value:
+                continue
+        out.add(name, value)
+
+    from_trusted = _trusted(peer or "", trusted)
+    xff = incoming.getall("X-Forwarded-For", []) if from_trusted else []
+    out["X-Forwarded-For"] = ", ".join([*xff, peer] if xff and peer else [peer or ""])
+    out["X-Real-IP"] = client
+    out["X-Forwarded-Proto"] = (from_trusted and incoming.get("X-Forwarded-Proto")) or scheme
+    out["X-Forwarded-Host"] = (from_trusted and incoming.get("X-Forwarded-Host")) or host
+    out["Host"] = upstream_host or host
+    if identity:
+        for name, value in identity.items():
+            out[name] = value
+    return out
+
+
+def downstream_response_headers(incoming: CIMultiDict[str]) -> CIMultiDict[str]:
+    """Upstream response headers minus hop-by-hop; Set-Cookie and Location untouched."""
+    skip = HOP_BY_HOP | connection_tokens(incoming)
+    return CIMultiDict((k, v) for k, v in incoming.items() if fold(k) not in skip)
+
+
+def safe_header_value(value: str) -> str:
+    """Header values the gateway writes never carry CR, LF or other controls."""
+    return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in value)
+
+
+def cookie_value(header: str | None, name: str) -> str | None:
+    """One cookie from a Cookie header, tolerant of malformed neighbours."""
+    if not header:
+        return None
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip()
+    return None
+

@@ -1,0 +1,130 @@
+"""The proxied request, top to bottom: every step answers or passes on.
+
+    limits -> canonical path -> upstream -> session -> roles -> headers -> forward
+
+Everything the gateway decides about a request happens in ``handle`` in
+this order; the pieces it calls are pure functions or small objects that
+are tested on their own.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from aiohttp import web
+from yarl import URL
+
+from .access import is_public, missing_roles, upstream_path
+from .errors import error_response, json_response, wants_html
+from .headers import client_ip, cookie_value, safe_header_value, upstream_request_headers
+from .paths import BadPath, normalize_path
+from .proxy import forward, forward_websocket, is_websocket
+from .sessions import AuthError, Identity
+from .state import GATEWAY, Gateway
+from .store import StoreUnavailable
+
+NOTICE_COOKIE = "gateway_notice"
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    config = gw.config
+
+    # 1. Bounds the HTTP parser leaves to us.
+    if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > config.limits.max_header_size:
+        return error_response(request, 431, "HEADERS_TOO_LARGE",
+                              "The request headers are larger than this gateway accepts.")
+    if (request.content_length or 0) > config.limits.max_body_size:
+        return error_response(request, 413, "PAYLOAD_TOO_LARGE",
+                              "The request body is larger than this gateway accepts.")
+
+    # 2. One canonical path: what is judged below is exactly what is forwarded.
+    try:
+        path, encoded_path = normalize_path(request.raw_path)
+    except BadPath as exc:
+        return error_response(request, 400, "BAD_REQUEST", str(exc))
+
+    # 3. The upstream that serves it.
+    upstream = gw.router.match(request.host, path)
+    if upstream is None:
+        return error_response(request, 404, "NOT_FOUND", "Nothing is served at this address.")
+
+    # 4. Who is asking: public paths need nobody, all else a live session.
+    ip = client_ip(request.remote, request.headers, config.trusted_proxies)
+    identity: Identity | None = None
+    if not is_public(upstream, path):
+        token = cookie_value(request.headers.get("Cookie"), config.cookie_name)
+        try:
+            identity = await gw.sessions.authenticate(
+                token, ip=ip, user_agent=request.headers.get("User-Agent", ""))
+        except AuthError as exc:
+            return deny(request, gw, exc, had_cookie=token is not None)
+        except StoreUnavailable:
+            return error_response(request, 503, "STORE_UNAVAILABLE",
+                                  "Sign-in is unavailable right now. Please try again shortly.")
+        # 5. What the path demands of the user.
+        if missing_roles(upstream, path, identity.user.roles):
+            return error_response(request, 403, "FORBIDDEN",
+                                  "Your account does not have access to this page.")
+
+    # 6. Headers: the client's, minus anything that could pass for ours, plus ours.
+    headers = upstream_request_headers(
+        request.headers, peer=request.remote, client=ip,
+        scheme=request.scheme, host=request.host,
+        trusted=config.trusted_proxies, strip=gw.strip_headers,
+        drop_cookies=gw.own_cookies,
+        identity=identity_headers(gw, upstream.name, identity),
+        upstream_host=None if upstream.preserve_host else URL(upstream.url).raw_authority)
+    query = request.query_string
+    url = URL(upstream.url.rstrip("/") + upstream_path(upstream, encoded_path)
+              + ("?" + request.raw_path.split("?", 1)[1] if query else ""), encoded=True)
+
+    # 7. Forward, streaming both ways.
+    if is_websocket(request):
+        return await forward_websocket(request, upstream, url, headers, gw.client)
+    return await forward(request, upstream, url, headers, gw.client,
+                         config.limits.max_body_size)
+
+
+def identity_headers(gw: Gateway, audience: str, identity: Identity | None) -> dict[str, str]:
+    if identity is None:
+        return {}
+    user, h = identity.user, gw.config.headers
+    values = {
+        h.user: user.username,
+        h.email: user.email,
+        h.name: user.name,
+        h.roles: ",".join(user.roles),
+        h.session: identity.session.id,
+        h.assertion: gw.signer.sign(audience=audience, subject=user.username,
+                                    email=user.email, name=user.name, roles=user.roles,
+                                    sid=identity.session.id),
+    }
+    return {k: safe_header_value(v) for k, v in values.items()}
+
+
+def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) -> web.Response:
+    """Browsers are sent to sign in; everything else gets 401 JSON with the code.
+
+    A cookie that named a dead session is cleared, and a short-lived notice
+    cookie tells the login page why the user has to sign in again.
+    """
+    browser = request.method in ("GET", "HEAD") and wants_html(request)
+    if browser:
+        target = f"{gw.config.prefix}/login?" + urlencode({"rd": request.raw_path})
+        response = web.Response(status=302, headers={"Location": target,
+                                                     "Cache-Control": "no-store"})
+    else:
+        response = json_response(401, {"error": exc.code,
+                                       "message": "A valid session is required."},
+                                 headers={"Cache-Control": "no-store"})
+    if had_cookie:
+        gw.sessions.clear_cookie(response)
+        if exc.notice:
+            set_notice(response, gw, exc.notice)
+    return response
+
+
+def set_notice(response: web.StreamResponse, gw: Gateway, notice: str) -> None:
+    response.set_cookie(NOTICE_COOKIE, notice, path=gw.config.prefix, max_age=300,
+                        httponly=True, samesite="Lax", secure=gw.config.secure_cookies)

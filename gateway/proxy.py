@@ -1,0 +1,171 @@
+"""Forward one request to an upstream and stream the answer back.
+
+Bodies are never read whole: the request body is handed to the client as an
+async iterator and the response is written chunk by chunk, each write
+waiting for the socket to drain, so memory stays bounded whatever the size.
+The upstream's bytes pass untouched (no decompression, no re-encoding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import Upstream
+from .errors import error_response
+from .headers import downstream_response_headers
+
+log = logging.getLogger("gateway.proxy")
+
+# aiohttp adds these unless told not to; the upstream must see the client's own.
+_SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+_WS_MAX_MESSAGE = 16 * 2**20
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def new_client_session() -> aiohttp.ClientSession:
+    """One pooled client for all upstreams, shared by every request of a worker."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0,
+                                       ttl_dns_cache=60, force_close=False),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=_SKIP_AUTO,
+        # The gateway's own limits apply on the way in; an upstream's large
+        # headers (long Set-Cookie lists) must still reach the client.
+        max_line_size=64 * 2**10,
+        max_field_size=64 * 2**10,
+    )
+
+
+async def _limited(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in stream.iter_any():
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge()
+        yield chunk
+
+
+def _has_body(request: web.BaseRequest) -> bool:
+    return request.body_exists or "Transfer-Encoding" in request.headers
+
+
+async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
+                  headers: CIMultiDict[str], client: aiohttp.ClientSession,
+                  max_body: int) -> web.StreamResponse:
+    """Proxy an HTTP request; 502 if the upstream refuses, 504 if it is too slow."""
+    body = _limited(request.content, max_body) if _has_body(request) else None
+    timeout = aiohttp.ClientTimeout(total=None, connect=upstream.connect_timeout,
+                                    sock_read=upstream.timeout)
+    response: web.StreamResponse | None = None
+    try:
+        async with client.request(request.method, url, headers=headers, data=body,
+                                  allow_redirects=False, timeout=timeout,
+                                  compress=None) as upstream_response:
+            response = web.StreamResponse(
+                status=upstream_response.status, reason=upstream_response.reason,
+                headers=downstream_response_headers(upstream_response.headers))
+            await response.prepare(request)
+            async for chunk in upstream_response.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except BodyTooLarge:
+        if response is None:
+            return error_response(request, 413, "PAYLOAD_TOO_LARGE",
+                                  "The request body is larger than this gateway accepts.")
+        raise
+    except asyncio.TimeoutError:
+        if response is None:
+            log.warning("upstream %s timed out", upstream.name)
+            return error_response(request, 504, "UPSTREAM_TIMEOUT",
+                                  "The application did not answer in time.")
+        raise
+    except (aiohttp.ClientError, OSError) as exc:
+        if isinstance(exc.__cause__, BodyTooLarge) or isinstance(exc.__context__, BodyTooLarge):
+            if response is None:
+                return error_response(request, 413, "PAYLOAD_TOO_LARGE",
+                                      "The request body is larger than this gateway accepts.")
+        if response is None:
+            log.warning("upstream %s unavailable: %s", upstream.name, type(exc).__name__)
+            return error_response(request, 502, "UPSTREAM_UNAVAILABLE",
+                                  "The application is not reachable right now.")
+        # Headers are already sent: the only honest signal left is to cut the
+        # connection, so the client sees a truncated body, not a complete one.
+        raise ConnectionResetError("upstream broke off mid-response") from None
+
+
+def is_websocket(request: web.BaseRequest) -> bool:
+    return (request.method == "GET"
+            and request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower())
+
+
+async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: URL,
+                            headers: CIMultiDict[str],
+                            client: aiohttp.ClientSession) -> web.StreamResponse:
+    """Connect upstream first (so a refusal is a 502), then relay both ways."""
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+                 if p.strip()]
+    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol",
+                 "Sec-WebSocket-Extensions"):
+        headers.popall(name, None)
+    try:
+        upstream_ws = await client.ws_connect(
+            url.with_scheme("wss" if url.scheme == "https" else "ws"),
+            headers=headers, protocols=protocols, autoclose=False, autoping=True,
+            max_msg_size=_WS_MAX_MESSAGE,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0))
+    except aiohttp.WSServerHandshakeError as exc:
+        log.warning("upstream %s refused the websocket: %s", upstream.name, exc.status)
+        return error_response(request, 502, "UPSTREAM_UNAVAILABLE",
+                              "The application refused the WebSocket connection.")
+    except asyncio.TimeoutError:
+        return error_response(request, 504, "UPSTREAM_TIMEOUT",
+                              "The application did not answer in time.")
+    except (aiohttp.ClientError, OSError):
+        return error_response(request, 502, "UPSTREAM_UNAVAILABLE",
+                              "The application is not reachable right now.")
+
+    client_ws = web.WebSocketResponse(
+        protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
+        autoclose=False, autoping=True, max_msg_size=_WS_MAX_MESSAGE)
+    try:
+        await client_ws.prepare(request)
+        relays = [asyncio.ensure_future(_relay(client_ws, upstream_ws)),
+                  asyncio.ensure_future(_relay(upstream_ws, client_ws))]
+        done, pending = await asyncio.wait(relays, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        await upstream_ws.close()
+        await client_ws.close()
+    return client_ws
+
+
+async def _relay(source, sink) -> None:  # type: ignore[no-untyped-def]
+    """Copy messages until a close, passing the close code and reason on."""
+    async for msg in source:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(msg.data)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(msg.data)
+        elif msg.type == aiohttp.WSMsgType.CLOSE:
+            await sink.close(code=msg.data or 1000, message=(msg.extra or "").encode())
+            return
+        else:  # CLOSING, CLOSED, ERROR
+            break
+    code = source.close_code or 1011
+    await sink.close(code=code)

@@ -1,0 +1,84 @@
+"""Serve the app: N worker processes sharing the port, graceful on SIGTERM.
+
+With ``workers: 1`` the gateway runs in this process. With more, each
+worker is its own process with its own event loop (uvloop) and binds the
+same port with SO_REUSEPORT, so the kernel spreads connections across
+them; the parent only forwards signals and waits. On SIGTERM each worker
+stops accepting, lets in-flight requests finish (up to
+``shutdown_timeout``), then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+
+import uvloop
+from aiohttp import web
+
+from .app import assertion_key_path, create_app
+from .assertion import load_or_create_key
+from .config import Config
+
+log = logging.getLogger("gateway")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    # aiohttp logs every malformed request with a traceback; one line is enough.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+
+
+def run_worker(config: Config, reuse_port: bool) -> None:
+    configure_logging(config.log_level)
+    host, port = config.listen
+    web.run_app(create_app(config), host=host, port=port, reuse_port=reuse_port or None,
+                shutdown_timeout=config.shutdown_timeout, print=None,
+                access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
+                backlog=1024, loop=uvloop.new_event_loop())
+
+
+def serve(config: Config) -> int:
+    configure_logging(config.log_level)
+    # Create the assertion key once, before workers race to create it.
+    load_or_create_key(assertion_key_path(config))
+    host, port = config.listen
+    log.info("gateway listening on http://%s:%d (%d worker%s, %s store), public URL %s",
+             host, port, config.workers, "s" if config.workers > 1 else "",
+             config.session.store, config.public_url)
+    if config.workers == 1:
+        run_worker(config, reuse_port=False)
+        return 0
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=run_worker, args=(config, True), daemon=False)
+               for _ in range(config.workers)]
+    for w in workers:
+        w.start()
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for w in workers:
+            if w.is_alive() and w.pid:
+                os.kill(w.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # If one worker dies the rest go too: a supervisor restarts a whole gateway.
+    status = 0
+    while any(w.is_alive() for w in workers):
+        for w in workers:
+            w.join(timeout=0.2)
+            if not w.is_alive() and w.exitcode not in (0, None) and not stopping:
+                log.error("worker %s exited with %s; stopping the gateway", w.pid, w.exitcode)
+                status = 1
+                stop(signal.SIGTERM, None)
+    return status
+
+

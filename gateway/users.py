@@ -1,0 +1,168 @@
+"""The users file: who may sign in, with which roles; re-read when it changes.
+
+Lookups happen on every authenticated request, so that disabling a user or
+removing a role takes effect on that user's very next request. A lookup
+costs one ``stat`` of the file; the file is re-parsed only when its size,
+inode or modification time changed. A file that turns bad while running
+keeps the last good copy (and logs why), so a typo does not lock everyone
+out; at start-up a bad file is a config error.
+
+Password checks run argon2id in a thread pool: the C code releases the GIL,
+so logins in flight never stall proxied traffic. Unknown and disabled users
+are verified against a dummy hash so their timing matches a real check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from .config import ConfigError, Section
+
+log = logging.getLogger("gateway.users")
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    password_hash: str
+    email: str = ""
+    name: str = ""
+    roles: tuple[str, ...] = ()
+    disabled: bool = False
+
+    @property
+    def key(self) -> str:
+        return canonical_username(self.username)
+
+    def public(self) -> dict[str, Any]:
+        """What the APIs and identity headers reveal (never the hash)."""
+        return {"username": self.username, "email": self.email, "name": self.name,
+                "roles": list(self.roles)}
+
+
+def canonical_username(username: str) -> str:
+    """Usernames match case-insensitively and after trimming."""
+    return username.strip().casefold()
+
+
+def parse_users(data: Any, where: str) -> dict[str, User]:
+    """Validate a users document; ConfigError lists every problem."""
+    problems: list[str] = []
+    top = Section(data, "", problems)
+    users: dict[str, User] = {}
+    for entry in top.items("users"):
+        username = entry.str("username", "", required=True).strip()
+        password_hash = entry.str("password_hash", "", required=True)
+        if password_hash and not password_hash.startswith("$argon2id$"):
+            entry.problem("password_hash",
+                          "must be an argon2id hash from 'gateway hash-password'")
+        user = User(username=username, password_hash=password_hash,
+                    email=entry.str("email", ""), name=entry.str("name", ""),
+                    roles=entry.str_list("roles"), disabled=entry.bool("disabled", False))
+        entry.done()
+        if username and user.key in users:
+            entry.problem("username", f"duplicate user {username!r} (usernames ignore case)")
+        elif username:
+            users[user.key] = user
+    top.done()
+    if problems:
+        raise ConfigError([f"{where}: {p}" for p in problems])
+    return users
+
+
+def load_users_file(path: Path) -> dict[str, User]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"users.file: cannot read {path} ({exc.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError([f"users.file: {path} is not valid YAML"]) from None
+    return parse_users(data, f"users.file ({path.name})")
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class UserDirectory:
+    """In-memory users, refreshed from the file whenever it changes on disk.
+
+    ``on_lost`` is called with the keys of users that were removed or
+    disabled by a reload, so their sessions can be ended.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        self.path = path
+        self._users = load_users_file(path)
+        self._signature = _signature(path)
+        self._hasher = PasswordHasher()
+        self._dummy_hash = self._hasher.hash(os.urandom(16).hex())
+        self._pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2,
+                                        thread_name_prefix="argon2")
+        self.on_lost: Callable[[set[str]], None] | None = None
+
+    def get(self, username: str) -> User | None:
+        self._refresh()
+        return self._users.get(canonical_username(username))
+
+    def all(self) -> list[User]:
+        self._refresh()
+        return list(self._users.values())
+
+    def _refresh(self) -> None:
+        signature = _signature(self.path)
+        if signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            fresh = load_users_file(self.path)
+        except ConfigError as exc:
+            log.error("users file not reloaded, keeping the last good copy: %s",
+                      "; ".join(exc.problems))
+            return
+        lost = {key for key, old in self._users.items()
+                if not old.disabled and (key not in fresh or fresh[key].disabled)}
+        self._users = fresh
+        log.info("users file reloaded: %d users", len(fresh))
+        if lost and self.on_lost:
+            self.on_lost(lost)
+
+    async def verify(self, username: str, password: str) -> User | None:
+        """The user if the password is right and the user may sign in, else None.
+
+        Every path costs one argon2 verification, so the answer's timing
+        does not tell unknown, disabled and wrong-password apart.
+        """
+        user = self.get(username)
+        stored = user.password_hash if user else self._dummy_hash
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self._pool, self._check, stored, password)
+        if not ok or user is None or user.disabled:
+            return None
+        return user
+
+    def _check(self, stored: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
