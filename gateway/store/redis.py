@@ -62,18 +62,17 @@ def user_tag(username: str) -> str:
 class RedisSessionStore(SessionStore):
     def __init__(self, config: RedisConfig, client: aioredis.Redis | None = None) -> None:
         self.prefix = config.key_prefix
-        self.redis = client or aioredis.from_url(
-            config.url,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            # One retry on a fresh connection covers a Redis restart; more
-            # would multiply how long a request waits on a dead Redis.
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=30,
-            connection_pool_class=aioredis.BlockingConnectionPool,
-            max_connections=config.max_connections,
-            timeout=config.timeout,
-        )
+        self.redis = client or aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                config.url,
+                socket_timeout=config.timeout,
+                socket_connect_timeout=config.timeout,
+                # One retry on a fresh connection covers a Redis restart; more
+                # would multiply how long a request waits on a dead Redis.
+                retry=Retry(NoBackoff(), 1),
+                health_check_interval=30,
+                max_connections=config.max_connections,
+                timeout=config.timeout))
         self._create = self.redis.register_script(_CREATE)
         self._revoke = self.redis.register_script(_REVOKE)
 

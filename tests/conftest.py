@@ -1,0 +1,274 @@
+"""Shared fixtures: real servers on loopback, nothing mocked.
+
+- ``redis_server``: a real redis-server on a free port (one per test session);
+  ``redis_factory`` starts extra ones a test may stop and restart.
+- ``upstream``: a real aiohttp app on loopback that reports what it received.
+- ``make_config``: a valid config (dict -> build_config) in a temp folder,
+  with users written to a real users file.
+- ``gateway``: the gateway app on a real loopback port, with a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import WSMsgType, web
+from argon2 import PasswordHasher
+
+from gateway.app import create_app
+from gateway.config import Config, build_config
+
+SECRET = "test-secret-0123456789abcdef-0123456789"
+# Cheap argon2id parameters: verification reads them from the hash, so tests stay fast.
+_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+USERS = [
+    {"username": "alice", "password": "alice-pw", "email": "alice@example.com",
+     "name": "Alice", "roles": ["user"]},
+    {"username": "Admin", "password": "admin-pw", "email": "admin@example.com",
+     "name": "Ada Admin", "roles": ["admin", "user"]},
+    {"username": "dave", "password": "dave-pw", "email": "dave@example.com",
+     "name": "Dave", "roles": ["user"], "disabled": True},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- redis ---------------------------------------------------------------------
+
+class RedisServer:
+    """A real redis-server process on loopback, stoppable and restartable."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            pytest.fail("redis-server is not installed: run scripts/test, which installs it")
+        self.binary, self.folder = binary, folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            s.recv(16)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    started: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        server = RedisServer(tmp_path)
+        server.start()
+        started.append(server)
+        return server
+    yield make
+    for server in started:
+        server.stop()
+
+
+# -- upstream ------------------------------------------------------------------
+
+def upstream_app() -> web.Application:
+    """An upstream that reports exactly what reached it."""
+
+    async def echo(request: web.Request) -> web.Response:
+        digest, size = hashlib.sha256(), 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        return web.json_response({
+            "method": request.method,
+            "path": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_size": size,
+            "body_sha256": digest.hexdigest(),
+        })
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("size", 1024))
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if request.query.get("length") == "1":
+            response.content_length = size
+        await response.prepare(request)
+        block = b"x" * 65536
+        while size > 0:
+            await response.write(block[:size])
+            size -= len(block)
+        await response.write_eof()
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", 5)))
+        return web.Response(text="late")
+
+    async def special(request: web.Request) -> web.Response:
+        headers = [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; HttpOnly"),
+                   ("Location", "http://elsewhere.example/x?y=1"),
+                   ("Content-Encoding", "gzip"), ("Connection", "X-Upstream-Hop"),
+                   ("X-Upstream-Hop", "secret"), ("Keep-Alive", "timeout=5"),
+                   ("X-Kept", "yes")]
+        return web.Response(status=302, body=b"\x1f\x8bnot-really-gzip", headers=headers)
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse(protocols=("chat",))
+        await sock.prepare(request)
+        async for msg in sock:
+            if msg.type == WSMsgType.TEXT:
+                if msg.data == "close-please":
+                    await sock.close(code=4001, message=b"bye")
+                    break
+                await sock.send_str("echo:" + msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await sock.send_bytes(msg.data[::-1])
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/special", special)
+    app.router.add_get("/ws", ws)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> Any:
+    return await aiohttp_server(upstream_app(), host="127.0.0.1")
+
+
+def seen_headers(body: dict[str, Any]) -> dict[str, list[str]]:
+    """The echo upstream's headers, lowercased name -> every value."""
+    out: dict[str, list[str]] = {}
+    for k, v in body["headers"]:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+# -- config and gateway --------------------------------------------------------
+
+def write_users(folder: Path, users: list[dict[str, Any]] = USERS) -> Path:
+    entries = []
+    for u in users:
+        entry = {k: v for k, v in u.items() if k != "password"}
+        entry["password_hash"] = _hash(u["password"])
+        entries.append(entry)
+    path = folder / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": entries}))
+    return path
+
+
+_hashes: dict[str, str] = {}
+
+
+def _hash(password: str) -> str:
+    if password not in _hashes:
+        _hashes[password] = _HASHER.hash(password)
+    return _hashes[password]
+
+
+def base_config(upstream_url: str = "http://127.0.0.1:9") -> dict[str, Any]:
+    return {
+        "listen": "127.0.0.1:8080",
+        "public_url": "http://127.0.0.1:8080",
+        "secret": SECRET,
+        "session": {"store": "memory", "idle_timeout": "30m", "absolute_timeout": "12h"},
+        "users": {"file": "users.yaml"},
+        "upstreams": [{
+            "name": "app", "url": upstream_url, "path_prefix": "/",
+            "public": ["/static/", "/favicon.ico"],
+            "rules": [{"path": "/admin", "roles": ["admin"]}],
+        }],
+    }
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """``make_config(upstream_url, **overrides)``: a valid Config in tmp_path."""
+    write_users(tmp_path)
+
+    def make(upstream_url: str = "http://127.0.0.1:9", **overrides: Any) -> Config:
+        data = deep_merge(base_config(upstream_url), overrides)
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+        return build_config(data, base_dir=tmp_path, env={})
+    return make
+
+
+@pytest.fixture
+def gateway(aiohttp_client: Any) -> Callable[..., Any]:
+    """``await gateway(config)``: a test client for the gateway on a loopback port."""
+    async def start(config: Config, store: Any = None) -> Any:
+        return await aiohttp_client(create_app(config, store=store),
+                                    server_kwargs={"host": "127.0.0.1"})
+    return start
+
+
+async def login(client: Any, username: str = "alice", password: str = "alice-pw",
+                remember: bool = False) -> str:
+    """Sign in through the JSON API; returns the session cookie value."""
+    resp = await client.post("/_gateway/api/login",
+                             json={"username": username, "password": password,
+                                   "remember": remember})
+    assert resp.status == 200, await resp.text()
+    return resp.cookies["gateway_session"].value
+
+
+def as_json(text: str) -> Any:
+    return json.loads(text)
