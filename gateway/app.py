@@ -56,7 +56,10 @@ def create_app(config: Config, store: SessionStore | None = None) -> web.Applica
             own_cookies=frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE}))
         app[GATEWAY] = gw
         users.on_lost = lambda keys: _end_sessions_of(gw, keys)
+        feed = asyncio.get_running_loop().create_task(gw.sessions.follow_revocations())
         yield
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
         await client.close()
         await session_store.close()
         users.close()

@@ -249,6 +249,7 @@ class SessionConfig:
     remember_me_timeout: float = 30 * 86400.0
     remember_me_idle_timeout: float = 7 * 86400.0
     touch_interval: float = 15.0
+    cache_ttl: float = 5.0
     expiring_soon: float = 300.0
     max_per_user: int = 5
 
@@ -321,7 +322,9 @@ def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
         if not isinstance(v, str):
             raise ValueError("must be a URL string")
         parts = urlsplit(v)
-        if parts.scheme not in schemes or not parts.hostname:
+        # unix:///path/to/redis.sock names a socket file, not a host.
+        located = parts.hostname or (parts.scheme == "unix" and parts.path.startswith("/"))
+        if parts.scheme not in schemes or not located:
             raise ValueError(f"must be a {' or '.join(schemes)} URL with a host")
         return v.rstrip("/") if parts.path in ("", "/") else v
     return parse
@@ -425,6 +428,7 @@ def build_config(data: Any, base_dir: Path = Path("."),
         remember_me_timeout=s.duration("remember_me_timeout", "30d", minimum=1),
         remember_me_idle_timeout=s.duration("remember_me_idle_timeout", "7d", minimum=1),
         touch_interval=s.duration("touch_interval", "15s"),
+        cache_ttl=s.duration("cache_ttl", "5s", minimum=0),
         expiring_soon=s.duration("expiring_soon", "5m"),
         max_per_user=s.int("max_per_user", 5),
     )

@@ -8,6 +8,7 @@ because some servers (CGI, WSGI, PHP) read ``X_Auth_User`` as ``X-Auth-User``.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict
@@ -21,6 +22,9 @@ HOP_BY_HOP = frozenset({
 # unless it is a trusted proxy (then X-Forwarded-* are extended, not replaced).
 FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                        "x-real-ip", "forwarded"})
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def fold(name: str) -> str:
@@ -125,7 +129,7 @@ def downstream_response_headers(incoming: CIMultiDict[str]) -> CIMultiDict[str]:
 
 def safe_header_value(value: str) -> str:
     """Header values the gateway writes never carry CR, LF or other controls."""
-    return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in value)
+    return _CONTROLS.sub(" ", value)
 
 
 def cookie_value(header: str | None, name: str) -> str | None:

@@ -35,8 +35,10 @@ def normalize_path(raw_path: str) -> tuple[str, str]:
     path = raw_path.split("?", 1)[0]
     if not path.startswith("/"):
         raise BadPath("request path must start with '/'")
-    if "\\" in path or _FORBIDDEN_ESCAPES.search(path) or _BAD_ESCAPE.search(path):
+    if "\\" in path or _FORBIDDEN_ESCAPES.search(path):
         raise BadPath("request path contains an encoded slash, backslash or NUL")
+    if _BAD_ESCAPE.search(path):
+        raise BadPath("request path contains a broken percent-escape")
     try:
         decoded = unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:

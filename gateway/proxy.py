@@ -26,6 +26,9 @@ log = logging.getLogger("gateway.proxy")
 # aiohttp adds these unless told not to; the upstream must see the client's own.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 _WS_MAX_MESSAGE = 16 * 2**20
+# Bodies up to this size with a declared length are sent in the same write
+# as the headers (one syscall instead of three); anything else streams.
+_SMALL_BODY = 64 * 2**10
 
 
 class BodyTooLarge(Exception):
@@ -73,9 +76,16 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
         async with client.request(request.method, url, headers=headers, data=body,
                                   allow_redirects=False, timeout=timeout,
                                   compress=None) as upstream_response:
+            out_headers = downstream_response_headers(upstream_response.headers)
+            length = upstream_response.content_length
+            if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
+                small = await upstream_response.read()
+                return web.Response(status=upstream_response.status,
+                                    reason=upstream_response.reason,
+                                    headers=out_headers, body=small)
             response = web.StreamResponse(
                 status=upstream_response.status, reason=upstream_response.reason,
-                headers=downstream_response_headers(upstream_response.headers))
+                headers=out_headers)
             await response.prepare(request)
             async for chunk in upstream_response.content.iter_any():
                 await response.write(chunk)
@@ -157,15 +167,24 @@ async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: U
 
 async def _relay(source, sink) -> None:  # type: ignore[no-untyped-def]
     """Copy messages until a close, passing the close code and reason on."""
-    async for msg in source:
+    # Not ``async for``: it stops before yielding the CLOSE, losing its reason.
+    while True:
+        msg = await source.receive()
         if msg.type == aiohttp.WSMsgType.TEXT:
             await sink.send_str(msg.data)
         elif msg.type == aiohttp.WSMsgType.BINARY:
             await sink.send_bytes(msg.data)
         elif msg.type == aiohttp.WSMsgType.CLOSE:
-            await sink.close(code=msg.data or 1000, message=(msg.extra or "").encode())
+            await sink.close(code=_wire_code(msg.data),
+                             message=(msg.extra or "").encode()[:123])
             return
         else:  # CLOSING, CLOSED, ERROR
             break
-    code = source.close_code or 1011
-    await sink.close(code=code)
+    await sink.close(code=_wire_code(source.close_code or 1011))
+
+
+def _wire_code(code: int | None) -> int:
+    """RFC 6455 7.4.1: 1005, 1006 and 1015 must never be sent in a Close frame."""
+    if not code:
+        return 1000
+    return 1011 if code in (1005, 1006, 1015) else code

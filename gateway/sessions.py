@@ -9,10 +9,16 @@ only when it is older than ``touch_interval`` (at most a tenth of the idle
 timeout). A session therefore ends between ``idle_timeout - touch_interval``
 and ``idle_timeout`` after the last request: it can end early by up to one
 touch interval, never late.
+
+The hot path does no Redis round trip at all while the revocation feed is
+live: verified cookies are remembered (token -> claims, ``exp`` still
+checked), and sessions are served from a push-invalidated cache (cache.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,10 +28,14 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from .cache import SessionCache
 from .config import Config
 from .store import (REASON_DISABLED, REASON_LIMIT, REASON_LOGOUT, Session,
-                    SessionStore)
+                    SessionStore, StoreUnavailable)
 from .users import User, UserDirectory
+
+log = logging.getLogger("gateway.sessions")
+_MAX_REMEMBERED_TOKENS = 10_000
 
 # Error codes from the contract.
 SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
@@ -68,6 +78,8 @@ class SessionManager:
         self.users = users
         s = config.session
         self.touch_interval = min(s.touch_interval, s.idle_timeout / 10)
+        self.cache = SessionCache(s.cache_ttl)
+        self._claims: dict[str, tuple[str, str, float]] = {}
 
     # -- the cookie ------------------------------------------------------
     def token_for(self, session: Session) -> str:
@@ -76,7 +88,14 @@ class SessionManager:
                           self.config.secret, algorithm="HS256")
 
     def read_token(self, token: str) -> tuple[str, str]:
-        """``(username, sid)`` from a cookie value, or AuthError."""
+        """``(username, sid)`` from a cookie value, or AuthError.
+
+        A token verified once is remembered by its exact value, so the
+        signature is not checked again on every request; expiry still is.
+        """
+        hit = self._claims.get(token)
+        if hit is not None and hit[2] > time.time():
+            return hit[0], hit[1]
         try:
             claims = jwt.decode(token, self.config.secret, algorithms=["HS256"],
                                 options={"require": ["exp", "sid", "sub"]})
@@ -87,6 +106,9 @@ class SessionManager:
         sid, sub = claims["sid"], claims["sub"]
         if not isinstance(sid, str) or not isinstance(sub, str) or not sid or not sub:
             raise AuthError(JWT_INVALID)
+        if len(self._claims) >= _MAX_REMEMBERED_TOKENS:
+            self._claims.clear()
+        self._claims[token] = (sub, sid, claims["exp"])
         return sub, sid
 
     def set_cookie(self, response: web.StreamResponse, session: Session) -> None:
@@ -128,7 +150,7 @@ class SessionManager:
         if not token:
             raise AuthError(SESSION_NOT_FOUND)
         username, sid = self.read_token(token)
-        session = await self.store.get(username, sid)
+        session = await self._lookup(username, sid)
         if session is None:
             reason = await self.store.revocation_reason(username, sid)
             if reason is None:
@@ -136,6 +158,7 @@ class SessionManager:
             raise AuthError(SESSION_REVOKED, reason if reason in NOTICES else "signed_out")
         user = self.users.get(username)
         if user is None or user.disabled:
+            self.cache.drop(sid)
             await self.store.revoke(username, sid, REASON_DISABLED)
             raise AuthError(SESSION_REVOKED, "signed_out")
         now = time.time()
@@ -143,10 +166,49 @@ class SessionManager:
             session.last_seen_at = now
             session.ip, session.user_agent = ip, user_agent[:512]
             if not await self.store.touch(session):
+                self.cache.drop(sid)
                 raise AuthError(SESSION_EXPIRED, "idle")
         return Identity(user=user, session=session)
 
+    async def _lookup(self, username: str, sid: str) -> Session | None:
+        session = self.cache.get(sid)
+        if session is not None and session.username == username and session.alive(time.time()):
+            return session
+        generation = self.cache.generation
+        session = await self.store.get(username, sid)
+        if session is not None:
+            self.cache.put(session, generation)
+        return session
+
+    async def follow_revocations(self) -> None:
+        """Keep the cache honest for the worker's lifetime (a no-op without a feed)."""
+        if self.config.session.cache_ttl <= 0:
+            return
+        healthy = True
+
+        def ready() -> None:
+            nonlocal healthy
+            if not healthy:
+                log.info("revocation feed restored: session cache back on")
+            healthy = True
+            self.cache.start()
+
+        while True:
+            try:
+                await self.store.watch_revocations(ready, self.cache.drop)
+            except NotImplementedError:
+                return
+            except StoreUnavailable as exc:
+                if healthy:
+                    log.warning("revocation feed lost (%s): sessions are read from the "
+                                "store on every request until it is back", exc)
+                healthy = False
+            finally:
+                self.cache.stop()
+            await asyncio.sleep(1)
+
     async def logout(self, identity: Identity) -> None:
+        self.cache.drop(identity.session.id)
         await self.store.revoke(identity.session.username, identity.session.id, REASON_LOGOUT)
 
     def describe(self, identity: Identity) -> dict[str, Any]:

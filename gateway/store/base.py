@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 
@@ -53,9 +54,16 @@ class Session:
         """A corrupt record reads as no session (anonymous), never as an error."""
         try:
             data = json.loads(raw)
-            return cls(**data)
+            session = cls(**data)
         except (ValueError, TypeError):
             return None
+        # Valid JSON with the wrong types must not fail later, in arithmetic.
+        numbers = (session.created_at, session.last_seen_at, session.expires_at,
+                   session.idle_timeout)
+        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers) \
+                or not isinstance(session.id, str) or not isinstance(session.username, str):
+            return None
+        return session
 
 
 class SessionStore(ABC):
@@ -114,6 +122,16 @@ class SessionStore(ABC):
             if session.id == sid:
                 return session
         return None
+
+    async def watch_revocations(self, on_ready: Callable[[], None],
+                                on_revoked: Callable[[str], None]) -> None:
+        """Follow revocations made anywhere, calling ``on_revoked(sid)`` for each.
+
+        Calls ``on_ready`` once subscribed; runs until cancelled, and raises
+        StoreUnavailable the moment it can no longer vouch for having seen
+        every revocation. A store without a feed raises NotImplementedError.
+        """
+        raise NotImplementedError
 
     async def close(self) -> None:
         """Release connections."""

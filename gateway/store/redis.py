@@ -7,6 +7,7 @@ multi-key scripts stay legal there):
     gw:{tag}:s:<sid>   the session, JSON, PX = until idle (or absolute) expiry
     gw:{tag}:idx       sorted set of the user's session ids, scored by expiry
     gw:{tag}:t:<sid>   tombstone: why it was revoked, until it would have expired
+    gw:revoked         pub/sub channel: the id of every revoked session
 
 Every key carries a TTL, so nothing outlives its purpose if a gateway dies.
 Calls are bounded by ``session.redis.timeout``; any failure becomes
@@ -50,6 +51,7 @@ if ok and type(s) == 'table' and type(s.expires_at) == 'number' then
   ms = math.floor(s.expires_at * 1000 - tonumber(ARGV[3]))
 end
 if ms > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', ms) end
+redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
 
@@ -61,7 +63,9 @@ def user_tag(username: str) -> str:
 
 class RedisSessionStore(SessionStore):
     def __init__(self, config: RedisConfig, client: aioredis.Redis | None = None) -> None:
+        self.config = config
         self.prefix = config.key_prefix
+        self.channel = f"{config.key_prefix}:revoked"
         self.redis = client or aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 config.url,
@@ -124,7 +128,7 @@ class RedisSessionStore(SessionStore):
         done = await self._call(lambda: self._revoke(
             keys=[self.session_key(username, sid), self.index_key(username),
                   self.tombstone_key(username, sid)],
-            args=[sid, reason, int(time.time() * 1000)]))
+            args=[sid, reason, int(time.time() * 1000), self.channel]))
         return bool(done)
 
     async def revocation_reason(self, username: str, sid: str) -> str | None:
@@ -154,8 +158,9 @@ class RedisSessionStore(SessionStore):
         return await self._scan(f"{self.prefix}:{{*}}:s:*")
 
     async def find(self, sid: str) -> Session | None:
+        # SCAN MATCH is a glob: an id with * ? [ in it must not match others.
         found = await self._scan(f"{self.prefix}:{{*}}:s:{sid}")
-        return found[0] if found else None
+        return next((s for s in found if s.id == sid), None)
 
     async def _scan(self, pattern: str) -> list[Session]:
         async def run() -> list[Any]:
@@ -170,6 +175,46 @@ class RedisSessionStore(SessionStore):
         sessions = [Session.loads(raw) for raw in await self._call(run) if raw]
         return sorted((s for s in sessions if s and s.alive(now)),
                       key=lambda s: s.created_at)
+
+    async def watch_revocations(self, on_ready: Callable[[], None],
+                                on_revoked: Callable[[str], None]) -> None:
+        """Subscribe on a connection of its own, with no silent reconnects.
+
+        redis-py would otherwise reconnect and resubscribe by itself, and
+        messages published in between would be lost unnoticed. Here any
+        error, or a second without an answer to the ping sent every half
+        second, ends the watch so the caller stops trusting its cache.
+        """
+        timeout = self.config.timeout
+        client = aioredis.Redis.from_url(self.config.url, socket_timeout=timeout,
+                                         socket_connect_timeout=timeout,
+                                         retry=Retry(NoBackoff(), 0))
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            heard = pinged = time.monotonic()
+            while True:
+                message = await pubsub.get_message(timeout=0.1)
+                now = time.monotonic()
+                if message is not None:
+                    heard = now
+                    if message["type"] == "subscribe":
+                        on_ready()
+                    elif message["type"] == "message":
+                        on_revoked(message["data"].decode())
+                if now - heard > 1.0 + timeout:
+                    raise StoreUnavailable("revocation feed went quiet")
+                if now - pinged >= 0.5:
+                    await pubsub.ping()
+                    pinged = now
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        finally:
+            try:
+                await pubsub.aclose()
+                await client.aclose()
+            except (RedisError, OSError, TimeoutError):
+                pass
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)
