@@ -9,6 +9,7 @@ The upstream's bytes pass untouched (no decompression, no re-encoding).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -60,6 +61,12 @@ async def _limited(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[by
         yield chunk
 
 
+@functools.lru_cache(maxsize=64)
+def _timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    """Built once per upstream, not per request: a 504 after ``read`` of silence."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
+
+
 def _has_body(request: web.BaseRequest) -> bool:
     return request.body_exists or "Transfer-Encoding" in request.headers
 
@@ -69,8 +76,7 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
                   max_body: int) -> web.StreamResponse:
     """Proxy an HTTP request; 502 if the upstream refuses, 504 if it is too slow."""
     body = _limited(request.content, max_body) if _has_body(request) else None
-    timeout = aiohttp.ClientTimeout(total=None, connect=upstream.connect_timeout,
-                                    sock_read=upstream.timeout)
+    timeout = _timeout(upstream.connect_timeout, upstream.timeout)
     response: web.StreamResponse | None = None
     try:
         async with client.request(request.method, url, headers=headers, data=body,
