@@ -66,7 +66,8 @@ def create_app(config: Config, store: SessionStore | None = None) -> web.Applica
 
     app.cleanup_ctx.append(resources)
     app.add_subapp(config.prefix, create_pages_app(config))
-    app.router.add_route("*", "/{path:.*}", handle)
+    # [\s\S]: a decoded path may hold a newline, which '.' would not match.
+    app.router.add_route("*", r"/{path:[\s\S]*}", handle)
     return app
 
 
