@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .access import Router
-from .assertion import AssertionSigner, load_or_create_key
+from .assertion import AssertionSigner, assertion_key_path, load_or_create_key
 from .config import IdentityHeaders, Config
 from .headers import fold
 from .pipeline import NOTICE_COOKIE, handle
@@ -30,10 +30,6 @@ from .users import UserDirectory
 from .views import FORM_COOKIE, create_pages_app
 
 log = logging.getLogger("gateway")
-
-
-def assertion_key_path(config: Config):  # type: ignore[no-untyped-def]
-    return config.assertion.key_file or config.base_dir / "gateway-assertion-key.pem"
 
 
 def create_app(config: Config, store: SessionStore | None = None) -> web.Application:

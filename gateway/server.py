@@ -10,17 +10,15 @@ stops accepting, lets in-flight requests finish (up to
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+import time
 
-import uvloop
-from aiohttp import web
-
-from .app import assertion_key_path, create_app
-from .assertion import load_or_create_key
+from .assertion import assertion_key_path, load_or_create_key
 from .config import Config
 
 log = logging.getLogger("gateway")
@@ -33,13 +31,37 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
-def run_worker(config: Config, reuse_port: bool) -> None:
+def run_worker(config: Config, reuse_port: bool, parent: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, or until ``parent`` (if given) is gone."""
+    # Imported here so the parent of many workers stays small: it only
+    # forwards signals, and every worker imports the web stack itself.
+    import uvloop
+    from aiohttp import web
+
+    from .app import create_app
+
     configure_logging(config.log_level)
+    app = create_app(config)
+    if parent is not None:
+        app.on_startup.append(lambda _app: _watch_parent(parent))
     host, port = config.listen
-    web.run_app(create_app(config), host=host, port=port, reuse_port=reuse_port or None,
+    web.run_app(app, host=host, port=port, reuse_port=reuse_port or None,
                 shutdown_timeout=config.shutdown_timeout, print=None,
                 access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
                 backlog=1024, loop=uvloop.new_event_loop())
+
+
+async def _watch_parent(parent: int) -> None:
+    """A worker whose parent died (even by SIGKILL) shuts down gracefully."""
+    async def watch() -> None:
+        while os.getppid() == parent:
+            await asyncio.sleep(1)
+        log.warning("the gateway's main process is gone; this worker stops")
+        os.kill(os.getpid(), signal.SIGTERM)
+    _watchers.add(asyncio.get_running_loop().create_task(watch()))
+
+
+_watchers: set[asyncio.Task[None]] = set()
 
 
 def serve(config: Config) -> int:
@@ -55,15 +77,16 @@ def serve(config: Config) -> int:
         return 0
 
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=run_worker, args=(config, True), daemon=False)
+    workers = [ctx.Process(target=run_worker, args=(config, True, os.getpid()))
                for _ in range(config.workers)]
     for w in workers:
         w.start()
-    stopping = False
+    deadline: float | None = None  # when stopping: by then every worker is gone
 
     def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal deadline
+        if deadline is None:
+            deadline = time.monotonic() + config.shutdown_timeout + 5
         for w in workers:
             if w.is_alive() and w.pid:
                 os.kill(w.pid, signal.SIGTERM)
@@ -75,10 +98,13 @@ def serve(config: Config) -> int:
     while any(w.is_alive() for w in workers):
         for w in workers:
             w.join(timeout=0.2)
-            if not w.is_alive() and w.exitcode not in (0, None) and not stopping:
+            if not w.is_alive() and w.exitcode not in (0, None) and deadline is None:
                 log.error("worker %s exited with %s; stopping the gateway", w.pid, w.exitcode)
                 status = 1
                 stop(signal.SIGTERM, None)
+        if deadline is not None and time.monotonic() > deadline:
+            for w in workers:
+                if w.is_alive():
+                    log.error("worker %s did not stop in time; killing it", w.pid)
+                    w.kill()
     return status
-
-
