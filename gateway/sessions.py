@@ -138,6 +138,7 @@ class SessionManager:
         if s.max_per_user:
             live = await self.store.user_sessions(user.key)
             for old in [x for x in live if x.id != session.id][:max(0, len(live) - s.max_per_user)]:
+                self.cache.drop(old.id)   # this worker at once, not when the feed says so
                 await self.store.revoke(user.key, old.id, REASON_LIMIT)
         return session
 

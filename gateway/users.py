@@ -8,8 +8,12 @@ keeps the last good copy (and logs why), so a typo does not lock everyone
 out; at start-up a bad file is a config error.
 
 Password checks run argon2id in a thread pool: the C code releases the GIL,
-so logins in flight never stall proxied traffic. Unknown and disabled users
-are verified against a dummy hash so their timing matches a real check.
+so logins in flight never block the event loop. Those threads also run at
+the lowest CPU priority (``nice`` 19, per thread on Linux): argon2 is meant
+to be costly, and on a busy machine that cost must come out of sign-in
+latency, not out of the proxied traffic competing for the same cores.
+Unknown and disabled users are verified against a dummy hash so their
+timing matches a real check.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from .config import ConfigError, Section
@@ -60,6 +65,9 @@ def parse_users(data: Any, where: str) -> dict[str, User]:
     """Validate a users document; ConfigError lists every problem."""
     problems: list[str] = []
     top = Section(data, "", problems)
+    if isinstance(data, dict) and data.get("users") is None or data is None:
+        # An empty or truncated file (an editor mid-write) must not mean "no users".
+        top.problem("users", "is required (write 'users: []' for none)")
     users: dict[str, User] = {}
     for entry in top.items("users"):
         username = entry.str("username", "", required=True).strip()
@@ -101,6 +109,29 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def dummy_hash(users: Any) -> str:
+    """A hash to check unknown and disabled users against, as costly as a real one.
+
+    Timing only matches when the argon2 parameters do, so they are taken from
+    a user's own hash (hashes made elsewhere may use other parameters).
+    """
+    for user in users:
+        try:
+            params = extract_parameters(user.password_hash)
+        except (InvalidHashError, ValueError):
+            continue
+        return PasswordHasher.from_parameters(params).hash(os.urandom(16).hex())
+    return PasswordHasher().hash(os.urandom(16).hex())
+
+
+def _lowest_priority() -> None:
+    """Make the calling thread yield the CPU to everything else (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: hashing just competes at normal priority
+
+
 class UserDirectory:
     """In-memory users, refreshed from the file whenever it changes on disk.
 
@@ -113,9 +144,10 @@ class UserDirectory:
         self._users = load_users_file(path)
         self._signature = _signature(path)
         self._hasher = PasswordHasher()
-        self._dummy_hash = self._hasher.hash(os.urandom(16).hex())
+        self._dummy_hash = dummy_hash(self._users.values())
         self._pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2,
-                                        thread_name_prefix="argon2")
+                                        thread_name_prefix="argon2",
+                                        initializer=_lowest_priority)
         self.on_lost: Callable[[set[str]], None] | None = None
 
     def get(self, username: str) -> User | None:

@@ -1,0 +1,300 @@
+"""The ``gateway`` command as an operator runs it: real subprocesses, real ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from argon2 import PasswordHasher
+
+from conftest import base_config, deep_merge, free_port, write_users
+
+GATEWAY = Path(sys.executable).with_name("gateway")
+COMMANDS = [[str(GATEWAY)], [sys.executable, "-m", "gateway"]]
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+async def run_cli(*args: str, stdin: bytes | None = None, command: list[str] | None = None,
+                  cwd: Path | None = None, timeout: float = 30) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *(command or COMMANDS[0]), *args, cwd=cwd, env=clean_env(),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def write_config(folder: Path, upstream_url: str = "http://127.0.0.1:9",
+                 **overrides: Any) -> Path:
+    write_users(folder)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(base_config(upstream_url), overrides)))
+    return path
+
+
+BAD_OVERRIDES = {"secret": "short", "session": {"idel_timeout": "5m"},
+                 "upstreams": [{"name": "app", "url": "ftp://x", "path_prefix": "/"}]}
+BAD_LINES = {
+    "secret: must be at least 32 bytes (got 5)",
+    "session.idel_timeout: unknown key",
+    "upstreams[0].url: must be a http or https URL with a host (got 'ftp://x')",
+}
+
+
+# -- check-config ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", COMMANDS, ids=["script", "module"])
+async def test_check_config_ok(tmp_path: Path, command: list[str]) -> None:
+    path = write_config(tmp_path)
+    code, out, err = await run_cli("check-config", "--config", str(path), command=command)
+    assert (code, out.strip()) == (0, "ok"), err
+
+
+async def test_check_config_finds_config_yaml_in_cwd_and_env(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    code, out, _ = await run_cli("check-config", cwd=tmp_path)
+    assert (code, out.strip()) == (0, "ok")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        str(GATEWAY), "check-config", cwd=other,
+        env={**clean_env(), "GATEWAY_CONFIG": str(tmp_path / "config.yaml")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out_b, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, out_b.decode().strip()) == (0, "ok")
+
+
+async def test_check_config_reports_every_problem(tmp_path: Path) -> None:
+    path = write_config(tmp_path, **BAD_OVERRIDES)
+    code, out, err = await run_cli("check-config", "--config", str(path))
+    assert code == 1
+    assert "ok" not in out.split()
+    assert set(err.strip().splitlines()) == BAD_LINES
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("listen: [unclosed\n", "not valid YAML at line"),
+    ("- just\n- a list\n", "(top level): must be a mapping"),
+    ("", "secret: is required"),
+])
+async def test_check_config_unusable_files(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(content)
+    code, out, err = await run_cli("check-config", "--config", str(path))
+    assert code == 1
+    assert expected in err
+    assert "Traceback" not in err
+
+
+async def test_check_config_missing_file(tmp_path: Path) -> None:
+    code, _, err = await run_cli("check-config", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 1
+    assert err.strip() == f"{tmp_path / 'nope.yaml'}: cannot read config file (No such file or directory)"
+
+
+async def test_check_config_validates_users_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    (tmp_path / "users.yaml").write_text(yaml.safe_dump({"users": [
+        {"username": "a", "password_hash": "plaintext"}]}))
+    code, _, err = await run_cli("check-config", "--config", str(path))
+    assert code == 1
+    assert err.strip() == ("users.file (users.yaml): users[0].password_hash: "
+                           "must be an argon2id hash from 'gateway hash-password'")
+
+
+# -- run on a bad config ----------------------------------------------------------------------
+
+async def test_run_bad_config_exits_with_the_same_messages(tmp_path: Path) -> None:
+    path = write_config(tmp_path, **BAD_OVERRIDES)
+    code, _, check_err = await run_cli("check-config", "--config", str(path))
+    code, out, err = await run_cli("run", "--config", str(path))
+    assert code == 1
+    assert err == check_err
+    assert set(err.strip().splitlines()) == BAD_LINES
+    assert "Traceback" not in err + out
+
+
+async def test_run_bad_users_file_exits(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    (tmp_path / "users.yaml").unlink()
+    code, out, err = await run_cli("run", "--config", str(path))
+    assert code == 1
+    assert err.strip().startswith("users.file: cannot read ")
+    assert "Traceback" not in err + out
+
+
+async def test_run_port_in_use_exits_cleanly(tmp_path: Path) -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        path = write_config(tmp_path, listen=f"127.0.0.1:{port}")
+        code, out, err = await run_cli("run", "--config", str(path))
+    finally:
+        blocker.close()
+    assert code != 0
+    assert "Traceback" not in err + out
+    assert f"listen: cannot listen on 127.0.0.1:{port}" in err
+
+
+# -- hash-password -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("password", ["correct horse battery staple", "pässwörd ✓", "x"])
+async def test_hash_password_from_stdin(password: str) -> None:
+    code, out, err = await run_cli("hash-password", stdin=(password + "\n").encode())
+    assert code == 0, err
+    digest = out.strip()
+    assert digest.startswith("$argon2id$")
+    assert "\n" not in digest
+    assert PasswordHasher().verify(digest, password)
+    with pytest.raises(Exception):
+        PasswordHasher().verify(digest, password + "!")
+
+
+async def test_hash_password_empty_is_refused() -> None:
+    code, out, err = await run_cli("hash-password", stdin=b"\n")
+    assert code == 1
+    assert out == ""
+    assert "empty" in err
+
+
+async def test_hash_is_accepted_by_the_users_file(tmp_path: Path) -> None:
+    _, out, _ = await run_cli("hash-password", stdin=b"s3cret\n")
+    path = write_config(tmp_path)
+    (tmp_path / "users.yaml").write_text(yaml.safe_dump({"users": [
+        {"username": "eve", "password_hash": out.strip(), "roles": ["user"]}]}))
+    code, out, err = await run_cli("check-config", "--config", str(path))
+    assert (code, out.strip()) == (0, "ok"), err
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+class Running:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def wait_healthy(self, session: aiohttp.ClientSession, within: float = 20) -> None:
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            if self.proc.returncode is not None:
+                pytest.fail(f"gateway exited with {self.proc.returncode}: "
+                            f"{self.log.read_text()[-2000:]}")
+            try:
+                async with session.get(self.base + "/_gateway/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail("gateway did not become healthy")
+            await asyncio.sleep(0.1)
+
+    async def stop(self, within: float = 15) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Any]:
+    started: list[Running] = []
+
+    async def start(upstream_url: str, **overrides: Any) -> Running:
+        port = free_port()
+        path = write_config(tmp_path, upstream_url, listen=f"127.0.0.1:{port}",
+                            shutdown_timeout="10s", **overrides)
+        log = tmp_path / f"gateway-{port}.log"
+        with log.open("wb") as sink:
+            # Its own session: the gateway and its workers form one process group.
+            proc = await asyncio.create_subprocess_exec(
+                str(GATEWAY), "run", "--config", str(path), env=clean_env(),
+                stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink,
+                start_new_session=True)
+        running = Running(proc, port, log)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.proc.returncode is None:
+            running.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(running.proc.wait(), 10)
+            except asyncio.TimeoutError:
+                pass
+        try:  # workers left behind by a test that failed half-way
+            os.killpg(running.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if running.proc.returncode is None:
+            await asyncio.wait_for(running.proc.wait(), 10)
+
+
+def client_session() -> aiohttp.ClientSession:
+    """A client that keeps cookies for 127.0.0.1 (aiohttp's default jar refuses IPs)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def test_run_two_workers_with_redis(redis_server: Any, upstream: Any,
+                                          start_gateway: Any) -> None:
+    gw = await start_gateway(str(upstream.make_url("/")), workers=2,
+                             session={"store": "redis", "redis": {"url": redis_server.url}})
+    async with client_session() as session:
+        await gw.wait_healthy(session)
+        async with session.get(gw.base + "/_gateway/readyz") as resp:
+            assert resp.status == 200
+        async with session.get(gw.base + "/static/app.css") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["path"] == "/static/app.css"
+        async with session.post(gw.base + "/_gateway/api/login",
+                                json={"username": "alice", "password": "alice-pw"}) as resp:
+            assert resp.status == 200
+        # Sessions live in Redis: every connection (whichever worker takes it) sees it.
+        for _ in range(10):
+            async with session.get(gw.base + "/private",
+                                   headers={"Connection": "close"}) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+                assert ["X-Auth-User", "alice"] in body["headers"]
+    assert await gw.stop() == 0
+
+
+async def test_graceful_shutdown_finishes_in_flight_request(aiohttp_server: Any,
+                                                            start_gateway: Any) -> None:
+    arrived = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(float(request.query.get("s", "1")))
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/static/slow", slow)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    gw = await start_gateway(str(server.make_url("/")))
+    async with client_session() as session:
+        await gw.wait_healthy(session)
+
+        async def fetch() -> tuple[int, str]:
+            async with session.get(gw.base + "/static/slow?s=1") as resp:
+                return resp.status, await resp.text()
+
+        in_flight = asyncio.ensure_future(fetch())
+        await asyncio.wait_for(arrived.wait(), 10)
+        gw.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(in_flight, 10) == (200, "late")
+        assert await asyncio.wait_for(gw.proc.wait(), 15) == 0
