@@ -200,6 +200,11 @@ class SessionManager:
             except NotImplementedError:
                 return
             except StoreUnavailable as exc:
+                # redis-py can turn a cancel that lands on its read timeout into
+                # a TimeoutError; shutting down must still end this loop.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError() from None
                 if healthy:
                     log.warning("revocation feed lost (%s): sessions are read from the "
                                 "store on every request until it is back", exc)

@@ -127,6 +127,10 @@ async def _current(request: web.Request, gw: Gateway, *, touch: bool = False,
                                           touch=touch, force_touch=force_touch)
 
 
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
 def _store_down(request: web.Request) -> web.Response:
     return error_response(request, 503, "STORE_UNAVAILABLE",
                           "Sign-in is unavailable right now. Please try again shortly.")
@@ -186,7 +190,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return await login_page(request, status=401, error=INVALID_CREDENTIALS,
                                 username=username, remember=remember, rd=rd)
     target = safe_redirect(rd, gw.config.public_url, gw.config.allowed_redirect_hosts)
-    response = web.HTTPSeeOther(target, headers={"Cache-Control": "no-store"})
+    response = _see_other(target)
     gw.sessions.set_cookie(response, identity.session)
     (await get_session(request)).pop("csrf", None)  # a fresh token for the next form
     return response
@@ -196,6 +200,11 @@ async def api_login(request: web.Request) -> web.StreamResponse:
     gw = _gw(request)
     if not _same_origin(request, gw):
         return json_response(403, {"error": "FORBIDDEN", "message": "Cross-site request refused."})
+    # Only JSON: a cross-site page cannot send it without a CORS preflight,
+    # which is what stands in for a CSRF token on this endpoint.
+    if request.content_type != "application/json":
+        return json_response(415, {"error": "BAD_REQUEST",
+                                   "message": "Send Content-Type: application/json."})
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
@@ -245,7 +254,7 @@ async def logout_submit(request: web.Request) -> web.StreamResponse:
         pass
     except StoreUnavailable:
         return _store_down(request)
-    response = web.HTTPSeeOther(f"{gw.config.prefix}/login", headers={"Cache-Control": "no-store"})
+    response = _see_other(f"{gw.config.prefix}/login")
     gw.sessions.clear_cookie(response)
     set_notice(response, gw, "signed_out")
     return response

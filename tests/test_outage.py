@@ -31,11 +31,12 @@ async def eventually_status(client: Any, path: str, status: int, timeout: float 
         await asyncio.sleep(0.05)
 
 
-async def wait_fail_closed(client: Any, token: str, within: float = 3.0,
+async def wait_fail_closed(client: Any, token: str, within: float = 2.0,
                            then: int = 3) -> None:
     """Until the revocation feed notices the outage, sessions this worker has cached
-    may still be served (see the report: a design trade-off of the session cache).
-    It must notice within ``1s + session.redis.timeout``; from then on, 503 only."""
+    may still be served (the documented trade-off of the session cache). It must
+    notice within FEED_SILENCE (0.75 s; the bound here leaves room for a loaded
+    machine); from then on, 503 only."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
         r = await send(client, "GET", "/private", token=token)

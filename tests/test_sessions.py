@@ -265,6 +265,19 @@ async def test_api_login_bad_json_is_400(cfg, gateway, body):
     assert COOKIE not in resp.cookies
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+async def test_api_login_takes_only_json(cfg, gateway, content_type):
+    """A cross-site form can send these without a preflight; JSON it cannot."""
+    client = await gateway(cfg())
+    headers = {"Content-Type": content_type} if content_type else {}
+    resp = await client.post("/_gateway/api/login", headers=headers,
+                             data=b'{"username": "alice", "password": "alice-pw"}')
+    assert resp.status == 415
+    assert (await resp.json())["error"] == "BAD_REQUEST"
+    assert COOKIE not in resp.cookies
+
+
 async def test_api_login_remember_must_be_true_not_truthy(cfg, gateway):
     client = await gateway(cfg())
     resp = await client.post("/_gateway/api/login",

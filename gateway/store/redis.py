@@ -16,6 +16,7 @@ StoreUnavailable so the caller fails closed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,12 @@ if ms > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', ms) end
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
+
+
+# How quickly a worker notices that Redis stopped answering its revocation
+# feed, and so stops serving sessions from its cache: at most FEED_SILENCE.
+FEED_PING = 0.25
+FEED_SILENCE = 0.75
 
 
 def user_tag(username: str) -> str:
@@ -182,8 +189,9 @@ class RedisSessionStore(SessionStore):
 
         redis-py would otherwise reconnect and resubscribe by itself, and
         messages published in between would be lost unnoticed. Here any
-        error, or a second without an answer to the ping sent every half
-        second, ends the watch so the caller stops trusting its cache.
+        error, or FEED_SILENCE seconds without an answer to the ping sent
+        every FEED_PING seconds, ends the watch so the caller stops trusting
+        its cache. (A false alarm under load only costs a cache refill.)
         """
         timeout = self.config.timeout
         client = aioredis.Redis.from_url(self.config.url, socket_timeout=timeout,
@@ -193,8 +201,14 @@ class RedisSessionStore(SessionStore):
         try:
             await pubsub.subscribe(self.channel)
             heard = pinged = time.monotonic()
+            task = asyncio.current_task()
             while True:
-                message = await pubsub.get_message(timeout=0.1)
+                message = await pubsub.get_message(timeout=0.05)
+                # A cancel that lands on get_message's own timeout comes back
+                # as None (asyncio.timeout on 3.11); without this the worker
+                # never finishes shutting down.
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError()
                 now = time.monotonic()
                 if message is not None:
                     heard = now
@@ -202,9 +216,9 @@ class RedisSessionStore(SessionStore):
                         on_ready()
                     elif message["type"] == "message":
                         on_revoked(message["data"].decode())
-                if now - heard > 1.0 + timeout:
+                if now - heard > FEED_SILENCE:
                     raise StoreUnavailable("revocation feed went quiet")
-                if now - pinged >= 0.5:
+                if now - pinged >= FEED_PING:
                     await pubsub.ping()
                     pinged = now
         except (RedisError, OSError, TimeoutError) as exc:
