@@ -52,10 +52,13 @@ def create_app(config: Config, store: SessionStore | None = None) -> web.Applica
             own_cookies=frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE}))
         app[GATEWAY] = gw
         users.on_lost = lambda keys: _end_sessions_of(gw, keys)
-        feed = asyncio.get_running_loop().create_task(gw.sessions.follow_revocations())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(gw.sessions.follow_revocations()),
+                 loop.create_task(_watch_users_file(users))]
         yield
-        feed.cancel()
-        await asyncio.gather(feed, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await client.close()
         await session_store.close()
         users.close()
@@ -65,6 +68,14 @@ def create_app(config: Config, store: SessionStore | None = None) -> web.Applica
     # [\s\S]: a decoded path may hold a newline, which '.' would not match.
     app.router.add_route("*", r"/{path:[\s\S]*}", handle)
     return app
+
+
+async def _watch_users_file(users: UserDirectory) -> None:
+    """Requests re-check the file anyway; this ends a disabled user's sessions
+    even when nobody makes a request."""
+    while True:
+        await asyncio.sleep(2)
+        users.all()
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -181,6 +181,20 @@ async def test_a_disabled_user_loses_sessions_even_if_she_never_comes_back(
     assert len(await store.user_sessions("admin")) == 1
 
 
+async def test_a_disabled_user_loses_sessions_with_no_requests_at_all(
+        upstream, make_config, gateway, tmp_path, session_settings):
+    """The worker re-checks the users file on its own every 2 s."""
+    config = make_config(str(upstream.make_url("/")), session=session_settings)
+    store = create_store(config.session)
+    client = await gateway(config, store=store)
+    await api_login(client)
+    replace_users(tmp_path, users_with(alice={"disabled": True}))
+
+    async def none_left() -> bool:
+        return await store.user_sessions("alice") == []
+    await eventually(none_left, timeout=5.0)
+
+
 async def test_removing_a_user_ends_her_sessions(upstream, make_config, gateway, tmp_path):
     client = await gateway(make_config(str(upstream.make_url("/"))))
     token = await api_login(client)
