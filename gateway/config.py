@@ -502,19 +502,28 @@ def build_config(data: Any, base_dir: Path = Path("."),
     return config
 
 
-def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
-    """Read a config file; a missing or unparsable file is one ConfigError."""
-    p = Path(path)
+def read_yaml(path: Path, unreadable: str, invalid: str) -> Any:
+    """A YAML file's document; a missing or unparsable file is one ConfigError.
+
+    ``unreadable`` and ``invalid`` are the messages, with ``{error}`` and
+    ``{where}`` (" at line L, column C" when known) filled in.
+    """
     try:
-        text = p.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{p}: cannot read config file ({exc.strerror})"]) from None
+        raise ConfigError([unreadable.format(error=exc.strerror)]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{p}: not valid YAML{where}"]) from None
+        raise ConfigError([invalid.format(where=where)]) from None
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    """Read and validate a config file; every problem is in one ConfigError."""
+    p = Path(path)
+    data = read_yaml(p, f"{p}: cannot read config file ({{error}})", f"{p}: not valid YAML{{where}}")
     return build_config(data, base_dir=p.resolve().parent, env=env)
 
 

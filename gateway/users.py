@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .config import ConfigError, Section
+from .config import ConfigError, Section, read_yaml
 
 log = logging.getLogger("gateway.users")
 
@@ -90,14 +89,8 @@ def parse_users(data: Any, where: str) -> dict[str, User]:
 
 
 def load_users_file(path: Path) -> dict[str, User]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"users.file: cannot read {path} ({exc.strerror})"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError([f"users.file: {path} is not valid YAML"]) from None
+    data = read_yaml(path, f"users.file: cannot read {path} ({{error}})",
+                     f"users.file: {path} is not valid YAML{{where}}")
     return parse_users(data, f"users.file ({path.name})")
 
 
