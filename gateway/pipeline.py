@@ -44,9 +44,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except BadPath as exc:
         return error_response(request, 400, "BAD_REQUEST", str(exc))
 
-    # 3. The upstream that serves it.
+    # 3. The upstream that serves it. A path that only resolves into the
+    #    gateway's own prefix (``/x/../_gateway/...``) belongs to nobody.
     upstream = gw.router.match(request.host, path)
-    if upstream is None:
+    if upstream is None or path == config.prefix or path.startswith(config.prefix + "/"):
         return error_response(request, 404, "NOT_FOUND", "Nothing is served at this address.")
 
     # 4. Who is asking: public paths need nobody, all else a live session.

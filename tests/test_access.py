@@ -132,6 +132,17 @@ async def test_near_misses_of_public_paths_need_a_session(gw, raw):
     assert r.json()["error"] == "SESSION_NOT_FOUND"
 
 
+@pytest.mark.parametrize("raw", ["/static/../_gateway/healthz", "/static/%2e%2e/_gateway/api/session",
+                                 "//_gateway/healthz", "/x/../_gateway"])
+@pytest.mark.parametrize("signed_in", [False, True])
+async def test_paths_resolving_into_the_gateway_prefix_reach_nobody(gw, raw, signed_in):
+    """Not the gateway's page (the router never saw that path), nor the upstream's."""
+    token = await api_login(gw) if signed_in else None
+    r = await send(gw, "GET", raw, token=token)
+    assert r.status == 404, r
+    assert r.json()["error"] == "NOT_FOUND"
+
+
 async def test_public_paths_also_work_with_a_session_but_get_no_identity(gw):
     token = await api_login(gw)
     r = await send(gw, "GET", "/static/app.css", token=token)

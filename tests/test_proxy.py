@@ -183,7 +183,7 @@ async def test_upstream_breaking_off_is_never_a_complete_body(
         assert resp.status == 200
         assert resp.headers["Content-Length"] == str(declared)
         with pytest.raises(aiohttp.ClientPayloadError):
-            await resp.read()
+            await asyncio.wait_for(resp.read(), 10)
     resp = await client.get("/static/other")  # the gateway itself is fine
     assert resp.status == 404
 
@@ -313,9 +313,9 @@ async def test_spoofed_identity_headers_removed_end_to_end(upstream: Any, make_c
     seen = seen_headers(await resp.json())
     assert seen["x-auth-user"] == ["alice"]
     assert seen["x-auth-roles"] == ["user"]
-    assert "forged" not in seen["x-auth-assertion"]
-    assert not [k for k in seen if k.replace("_", "-").replace(".", "-") in
-                {"x-auth-user", "x-auth-roles"} and k not in {"x-auth-user", "x-auth-roles"}]
+    assert seen["x-auth-assertion"] != ["forged"] and len(seen["x-auth-assertion"]) == 1
+    folded = [k.replace("_", "-").replace(".", "-") for k in seen]
+    assert folded.count("x-auth-user") == 1 and folded.count("x-auth-roles") == 1
 
 
 async def test_spoofed_identity_headers_removed_on_public_paths(
@@ -541,7 +541,7 @@ async def test_504_when_upstream_is_slow(upstream: Any, make_config: Any, gatewa
                                 headers={"Accept": "text/html" if html else "application/json"})
         assert resp.status == 504
         await check_error_body(resp, 504, "UPSTREAM_TIMEOUT", html)
-    assert (await client.get("/slow?s=0.01")).status == 200
+    assert (await client.get("/after-timeout")).status == 200
 
 
 async def check_error_body(resp: aiohttp.ClientResponse, status: int, code: str,
