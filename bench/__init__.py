@@ -1,0 +1,1 @@
+"""Benchmark harness for the gateway: ``python -m bench`` (see BENCHMARKS.md)."""
