@@ -27,15 +27,18 @@ from .sessions import SessionManager
 from .state import GATEWAY, Gateway
 from .store import REASON_DISABLED, SessionStore, StoreUnavailable, create_store
 from .users import UserDirectory
-from .views import FORM_COOKIE, create_pages_app
+from .views import FORM_COOKIE, add_gateway_routes
 
 log = logging.getLogger("gateway")
 
 
 def create_app(config: Config, store: SessionStore | None = None) -> web.Application:
     """Build one worker's application; ``store`` overrides the configured one (tests)."""
+    # client_max_size bounds what the gateway's own pages read (forms, JSON);
+    # proxied bodies stream and never count against it.
     app = web.Application(handler_args={"max_field_size": 64 * 2**10,
-                                        "max_line_size": 16 * 2**10})
+                                        "max_line_size": 16 * 2**10},
+                          client_max_size=64 * 2**10)
     users = UserDirectory(config.users_file)
     signer = AssertionSigner(load_or_create_key(assertion_key_path(config)),
                              issuer=config.public_url, lifetime=config.assertion.lifetime)
@@ -64,7 +67,7 @@ def create_app(config: Config, store: SessionStore | None = None) -> web.Applica
         users.close()
 
     app.cleanup_ctx.append(resources)
-    app.add_subapp(config.prefix, create_pages_app(config))
+    add_gateway_routes(app, config)
     # [\s\S]: a decoded path may hold a newline, which '.' would not match.
     app.router.add_route("*", r"/{path:[\s\S]*}", handle)
     return app

@@ -15,7 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from .access import is_public, missing_roles, upstream_path
-from .errors import error_response, json_response, wants_html
+from .errors import error_response, json_error, wants_html
 from .headers import client_ip, cookie_value, safe_header_value, upstream_request_headers
 from .paths import BadPath, normalize_path
 from .proxy import forward, forward_websocket, is_websocket
@@ -116,9 +116,8 @@ def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) ->
         response = web.Response(status=302, headers={"Location": target,
                                                      "Cache-Control": "no-store"})
     else:
-        response = json_response(401, {"error": exc.code,
-                                       "message": "A valid session is required."},
-                                 headers={"Cache-Control": "no-store"})
+        response = json_error(401, exc.code, "A valid session is required.",
+                              headers={"Cache-Control": "no-store"})
     if had_cookie:
         gw.sessions.clear_cookie(response)
         if exc.notice:

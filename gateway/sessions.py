@@ -35,7 +35,7 @@ from .store import (REASON_DISABLED, REASON_LIMIT, REASON_LOGOUT, Session,
 from .users import User, UserDirectory
 
 log = logging.getLogger("gateway.sessions")
-_MAX_REMEMBERED_TOKENS = 10_000
+_MAX_REMEMBERED = 10_000
 
 # Error codes from the contract.
 SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
@@ -80,6 +80,7 @@ class SessionManager:
         self.touch_interval = min(s.touch_interval, s.idle_timeout / 10)
         self.cache = SessionCache(s.cache_ttl)
         self._claims: dict[str, tuple[str, str, float]] = {}
+        self._dead: dict[str, tuple[str, str]] = {}
 
     # -- the cookie ------------------------------------------------------
     def token_for(self, session: Session) -> str:
@@ -106,7 +107,7 @@ class SessionManager:
         sid, sub = claims["sid"], claims["sub"]
         if not isinstance(sid, str) or not isinstance(sub, str) or not sid or not sub:
             raise AuthError(JWT_INVALID)
-        if len(self._claims) >= _MAX_REMEMBERED_TOKENS:
+        if len(self._claims) >= _MAX_REMEMBERED:
             self._claims.clear()
         self._claims[token] = (sub, sid, claims["exp"])
         return sub, sid
@@ -151,25 +152,38 @@ class SessionManager:
         if not token:
             raise AuthError(SESSION_NOT_FOUND)
         username, sid = self.read_token(token)
+        dead = self._dead.get(sid)
+        if dead is not None:
+            raise AuthError(*dead)
         session = await self._lookup(username, sid)
         if session is None:
             reason = await self.store.revocation_reason(username, sid)
             if reason is None:
-                raise AuthError(SESSION_EXPIRED, "idle")
-            raise AuthError(SESSION_REVOKED, reason if reason in NOTICES else "signed_out")
+                raise self._dead_end(sid, SESSION_EXPIRED, "idle")
+            raise self._dead_end(sid, SESSION_REVOKED,
+                                 reason if reason in NOTICES else "signed_out")
         user = self.users.get(username)
         if user is None or user.disabled:
             self.cache.drop(sid)
             await self.store.revoke(username, sid, REASON_DISABLED)
-            raise AuthError(SESSION_REVOKED, "signed_out")
+            raise self._dead_end(sid, SESSION_REVOKED, "signed_out")
         now = time.time()
         if force_touch or (touch and now - session.last_seen_at >= self.touch_interval):
             session.last_seen_at = now
             session.ip, session.user_agent = ip, user_agent[:512]
             if not await self.store.touch(session):
                 self.cache.drop(sid)
-                raise AuthError(SESSION_EXPIRED, "idle")
+                raise self._dead_end(sid, SESSION_EXPIRED, "idle")
         return Identity(user=user, session=session)
+
+    def _dead_end(self, sid: str, code: str, notice: str) -> AuthError:
+        """Remember why a session is gone. Ids are never reused and a store
+        that cannot answer raises instead, so a gone session stays gone:
+        replaying its cookie (an attacker's favourite) costs no Redis call."""
+        if len(self._dead) >= _MAX_REMEMBERED:
+            self._dead.clear()
+        self._dead[sid] = (code, notice)
+        return AuthError(code, notice)
 
     async def _lookup(self, username: str, sid: str) -> Session | None:
         session = self.cache.get(sid)
@@ -216,6 +230,7 @@ class SessionManager:
     async def logout(self, identity: Identity) -> None:
         self.cache.drop(identity.session.id)
         await self.store.revoke(identity.session.username, identity.session.id, REASON_LOGOUT)
+        self._dead_end(identity.session.id, SESSION_REVOKED, "signed_out")
 
     def describe(self, identity: Identity) -> dict[str, Any]:
         """The body of ``GET /api/session``."""

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import Config
-from .errors import error_response, json_response
+from .errors import error_response, json_error, json_response
 from .headers import client_ip, cookie_value
 from .pipeline import NOTICE_COOKIE, set_notice
 from .redirects import safe_redirect
@@ -49,24 +49,51 @@ def form_state_key(secret: str) -> bytes:
                 info=b"gateway form state").derive(secret.encode())
 
 
-def create_pages_app(config: Config) -> web.Application:
+def add_gateway_routes(app: web.Application, config: Config) -> None:
+    """The gateway's endpoints, on the main app under ``prefix``.
+
+    Only the two forms get the form-state middleware, as a wrapper: an
+    app-wide middleware (or a sub-app with one) would make aiohttp run a
+    middleware chain for every proxied request too.
+    """
     storage = EncryptedCookieStorage(
         form_state_key(config.secret),
         cookie_name=FORM_COOKIE, path=config.prefix, httponly=True,
         secure=config.secure_cookies, samesite="Strict", max_age=3600)
-    app = web.Application(middlewares=[session_middleware(storage)],
-                          client_max_size=64 * 2**10)
-    app.router.add_get("/login", login_page)
-    app.router.add_post("/login", login_submit)
-    app.router.add_post("/api/login", api_login)
-    app.router.add_get("/logout", logout_page)
-    app.router.add_post("/logout", logout_submit)
-    app.router.add_get("/api/session", api_session)
-    app.router.add_post("/api/session/refresh", api_session_refresh)
-    app.router.add_get("/jwks.json", jwks)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    return app
+    form_state = session_middleware(storage)
+
+    def with_form_state(handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            return await form_state(request, handler)
+        return wrapped
+
+    endpoints: dict[str, dict[str, Handler]] = {
+        "/login": {"GET": with_form_state(login_page), "POST": with_form_state(login_submit)},
+        "/api/login": {"POST": api_login},
+        "/logout": {"GET": with_form_state(logout_page), "POST": with_form_state(logout_submit)},
+        "/api/session": {"GET": api_session},
+        "/api/session/refresh": {"POST": api_session_refresh},
+        "/jwks.json": {"GET": jwks},
+        "/healthz": {"GET": healthz},
+        "/readyz": {"GET": readyz},
+    }
+    for path, methods in endpoints.items():
+        for method, handler in methods.items():
+            if method == "GET":  # and HEAD
+                app.router.add_get(config.prefix + path, handler)
+            else:
+                app.router.add_route(method, config.prefix + path, handler)
+        # Any other method: 405 here, rather than falling through to the proxy.
+        app.router.add_route("*", config.prefix + path, _method_not_allowed(set(methods)))
+
+
+def _method_not_allowed(methods: set[str]) -> Handler:
+    allow = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+
+    async def handler(request: web.Request) -> web.Response:
+        return error_response(request, 405, "METHOD_NOT_ALLOWED",
+                              f"Use {allow} here.", headers={"Allow": allow})
+    return handler
 
 
 # -- helpers -----------------------------------------------------------------
@@ -199,28 +226,25 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 async def api_login(request: web.Request) -> web.StreamResponse:
     gw = _gw(request)
     if not _same_origin(request, gw):
-        return json_response(403, {"error": "FORBIDDEN", "message": "Cross-site request refused."})
+        return json_error(403, "FORBIDDEN", "Cross-site request refused.")
     # Only JSON: a cross-site page cannot send it without a CORS preflight,
     # which is what stands in for a CSRF token on this endpoint.
     if request.content_type != "application/json":
-        return json_response(415, {"error": "BAD_REQUEST",
-                                   "message": "Send Content-Type: application/json."})
+        return json_error(415, "BAD_REQUEST", "Send Content-Type: application/json.")
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("username"), str) \
             or not isinstance(body.get("password"), str):
-        return json_response(400, {"error": "BAD_REQUEST",
-                                   "message": "Send JSON with string fields username and password."})
+        return json_error(400, "BAD_REQUEST", "Send JSON with string fields username and password.")
     try:
         identity = await _start_session(request, gw, body["username"], body["password"],
                                         body.get("remember") is True)
     except StoreUnavailable:
-        return json_response(503, {"error": "STORE_UNAVAILABLE",
-                                   "message": "Sign-in is unavailable right now."})
+        return json_error(503, "STORE_UNAVAILABLE", "Sign-in is unavailable right now.")
     if identity is None:
-        return json_response(401, {"error": "INVALID_CREDENTIALS", "message": INVALID_CREDENTIALS})
+        return json_error(401, "INVALID_CREDENTIALS", INVALID_CREDENTIALS)
     described = gw.sessions.describe(identity)
     response = json_response(200, {**described["user"], **described},
                              headers={"Cache-Control": "no-store"})
@@ -267,14 +291,13 @@ async def _session_json(request: web.Request, **touch: bool) -> web.Response:
     try:
         identity = await _current(request, gw, **touch)
     except AuthError as exc:
-        response = json_response(401, {"error": exc.code, "message": "A valid session is required."},
-                                 headers={"Cache-Control": "no-store"})
+        response = json_error(401, exc.code, "A valid session is required.",
+                              headers={"Cache-Control": "no-store"})
         if exc.code != "SESSION_NOT_FOUND":
             gw.sessions.clear_cookie(response)
         return response
     except StoreUnavailable:
-        return json_response(503, {"error": "STORE_UNAVAILABLE",
-                                   "message": "The session store is unreachable."})
+        return json_error(503, "STORE_UNAVAILABLE", "The session store is unreachable.")
     return json_response(200, gw.sessions.describe(identity), headers={"Cache-Control": "no-store"})
 
 
@@ -285,7 +308,7 @@ async def api_session(request: web.Request) -> web.Response:
 
 async def api_session_refresh(request: web.Request) -> web.Response:
     if not _same_origin(request, _gw(request)):
-        return json_response(403, {"error": "FORBIDDEN", "message": "Cross-site request refused."})
+        return json_error(403, "FORBIDDEN", "Cross-site request refused.")
     return await _session_json(request, force_touch=True)
 
 

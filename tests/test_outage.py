@@ -161,3 +161,18 @@ async def test_a_frozen_redis_is_noticed_too(setup):
         redis.proc.send_signal(signal.SIGCONT)
     await eventually_status(client, "/_gateway/readyz", 200)
     assert (await send(client, "GET", "/private", token=token)).status == 200
+
+
+async def test_a_cookie_known_to_be_dead_needs_no_store(setup):
+    """Replaying a signed-out or expired session's cookie is a common attack; once
+    a worker has seen the session is gone, it answers from memory (ids never come
+    back), so the replay costs no Redis call: here, Redis is not even running."""
+    redis, client = setup
+    signed_out = await api_login(client)
+    await send(client, "POST", "/_gateway/logout", token=signed_out,
+                headers=[("Content-Type", "application/json")])
+    live = await api_login(client)
+    redis.stop()
+    r = await send(client, "GET", "/private", token=signed_out)
+    assert (r.status, r.json()["error"]) == (401, "SESSION_REVOKED")
+    await wait_fail_closed(client, live)   # a live one still needs the store

@@ -470,6 +470,24 @@ async def test_refresh_is_post_only(cfg, gateway):
     token = await login(client)
     r = await send(client, "GET", "/_gateway/api/session/refresh", token=token)
     assert r.status == 405
+    assert r.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("DELETE", "/_gateway/login", "GET, HEAD, POST"),
+    ("PUT", "/_gateway/api/login", "POST"),
+    ("POST", "/_gateway/healthz", "GET, HEAD"),
+])
+async def test_gateway_endpoints_refuse_other_methods(cfg, gateway, method, path, allow):
+    """Never passed on to the upstream, whatever the method."""
+    client = await gateway(cfg())
+    r = await send(client, method, path)
+    assert (r.status, r.headers["Allow"], r.json()["error"]) == (405, allow, "METHOD_NOT_ALLOWED")
+
+
+async def test_head_works_where_get_does(cfg, gateway):
+    client = await gateway(cfg())
+    assert (await send(client, "HEAD", "/_gateway/healthz")).status == 200
 
 
 # -- the cookie ----------------------------------------------------------------------
