@@ -8,6 +8,7 @@ of frozen dataclasses that the rest of the gateway reads and never mutates.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -229,6 +230,16 @@ class Upstream:
     timeout: float = 60.0
     public: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
+
+    @functools.cached_property
+    def base(self) -> str:
+        """``url`` without a trailing slash: request paths are appended to it."""
+        return self.url.rstrip("/")
+
+    @functools.cached_property
+    def authority(self) -> str:
+        """``host[:port]`` of ``url``: the Host header unless ``preserve_host``."""
+        return urlsplit(self.url).netloc
 
 
 @dataclass(frozen=True)

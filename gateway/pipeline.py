@@ -75,10 +75,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         trusted=config.trusted_proxies, strip=gw.strip_headers,
         drop_cookies=gw.own_cookies,
         identity=identity_headers(gw, upstream.name, identity),
-        upstream_host=None if upstream.preserve_host else URL(upstream.url).raw_authority)
-    query = request.query_string
-    url = URL(upstream.url.rstrip("/") + upstream_path(upstream, encoded_path)
-              + ("?" + request.raw_path.split("?", 1)[1] if query else ""), encoded=True)
+        upstream_host=None if upstream.preserve_host else upstream.authority)
+    _, mark, query = request.raw_path.partition("?")
+    url = URL(upstream.base + upstream_path(upstream, encoded_path) + (mark + query if query else ""),
+              encoded=True)
 
     # 7. Forward, streaming both ways.
     if is_websocket(request):
