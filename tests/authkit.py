@@ -8,6 +8,7 @@ matters: the raw path, the Cookie header and repeated or odd headers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -94,3 +95,16 @@ def replace_users(folder: Path, users: list[dict[str, Any]]) -> None:
     staging.mkdir(exist_ok=True)
     write_users(staging, users)
     os.replace(staging / "users.yaml", folder / "users.yaml")
+
+
+async def raw_exchange(client: Any, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes on a fresh connection, read until the gateway closes it."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()

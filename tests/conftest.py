@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``session`` settings for either backend (a fresh key prefix per test on Redis)."""
+    if request.param == "memory":
+        return {"store": "memory"}
+    server = request.getfixturevalue("redis_server")
+    return {"store": "redis",
+            "redis": {"url": server.url, "key_prefix": f"t{uuid.uuid4().hex[:12]}"}}
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from authkit import raw_exchange
 from conftest import login
 
 CRLF = b"\r\n"
@@ -57,24 +58,11 @@ MALFORMED = {
 }
 
 
-async def exchange(client: Any, data: bytes, timeout: float = 5) -> bytes:
-    """Send raw bytes, then read until the gateway closes the connection."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), timeout)
-    except ConnectionResetError:
-        return b""
-    finally:
-        writer.close()
-
-
 @pytest.mark.parametrize("request_bytes", MALFORMED.values(), ids=MALFORMED.keys())
 async def test_malformed_request_is_4xx_and_harmless(upstream: Any, make_config: Any,
                                                      gateway: Any, request_bytes: bytes) -> None:
     client = await gateway(make_config(str(upstream.make_url("/"))))
-    answer = await exchange(client, request_bytes)
+    answer = await raw_exchange(client, request_bytes)
     status_line, _, rest = answer.partition(CRLF)
     assert status_line.startswith(b"HTTP/1."), answer[:200]
     status = int(status_line.split(b" ")[1])
@@ -96,7 +84,7 @@ async def test_pipelined_requests_after_a_good_one(upstream: Any, make_config: A
                                                    gateway: Any) -> None:
     """Two well-formed pipelined requests: both answered, in order, on one connection."""
     client = await gateway(make_config(str(upstream.make_url("/"))))
-    answer = await exchange(client, b"GET /static/one HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = await raw_exchange(client, b"GET /static/one HTTP/1.1\r\nHost: x\r\n\r\n"
                                     b"GET /static/two HTTP/1.1\r\nHost: x\r\n"
                                     b"Connection: close\r\n\r\n")
     assert answer.count(b"HTTP/1.1 200 OK") == 2

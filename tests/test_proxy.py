@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
+from authkit import raw_exchange
 from conftest import free_port, login, seen_headers, upstream_app
 
 MiB = 2**20
@@ -29,17 +30,6 @@ async def proxied(upstream: Any, make_config: Any, gateway: Any, sign_in: bool =
     if sign_in:
         await login(client)
     return client
-
-
-async def raw_exchange(client: Any, request: bytes, timeout: float = 10) -> bytes:
-    """Send bytes on a fresh connection and read until the gateway closes it."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
 
 
 def split_response(data: bytes) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -26,15 +26,6 @@ TOO_MANY = "signed in on too many devices"
 GENERIC = "Invalid username or password."
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Session settings for either backend (a fresh key prefix per test on Redis)."""
-    if request.param == "memory":
-        return {"store": "memory"}
-    server = request.getfixturevalue("redis_server")
-    return {"store": "redis",
-            "redis": {"url": server.url, "key_prefix": f"t{uuid.uuid4().hex[:12]}"}}
-
 
 @pytest.fixture
 def cfg(upstream, make_config):

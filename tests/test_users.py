@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
-import uuid
 from typing import Any
 
 import jwt
@@ -23,14 +22,6 @@ def users_with(**changes: dict[str, Any]) -> list[dict[str, Any]]:
         u.update(changes.get(u["username"], {}))
     return out
 
-
-@pytest.fixture(params=["memory", "redis"])
-def session_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"store": "memory"}
-    server = request.getfixturevalue("redis_server")
-    return {"store": "redis",
-            "redis": {"url": server.url, "key_prefix": f"t{uuid.uuid4().hex[:12]}"}}
 
 
 async def eventually(check: Any, timeout: float = 3.0) -> None:
@@ -132,8 +123,8 @@ async def test_failures_look_alike_on_the_form(upstream, make_config, gateway):
 
 @pytest.mark.parametrize("how", ["in-place", "rename"])
 async def test_disabling_a_user_takes_effect_at_once_and_ends_her_sessions(
-        upstream, make_config, gateway, tmp_path, session_settings, how):
-    config = make_config(str(upstream.make_url("/")), session=session_settings)
+        upstream, make_config, gateway, tmp_path, store_settings, how):
+    config = make_config(str(upstream.make_url("/")), session=store_settings)
     store = create_store(config.session)       # the gateway's own store, to look into
     client = await gateway(config, store=store)
     laptop, phone = await api_login(client), await api_login(client)
@@ -163,8 +154,8 @@ async def test_disabling_a_user_takes_effect_at_once_and_ends_her_sessions(
 
 
 async def test_a_disabled_user_loses_sessions_even_if_she_never_comes_back(
-        upstream, make_config, gateway, tmp_path, session_settings):
-    config = make_config(str(upstream.make_url("/")), session=session_settings)
+        upstream, make_config, gateway, tmp_path, store_settings):
+    config = make_config(str(upstream.make_url("/")), session=store_settings)
     store = create_store(config.session)
     client = await gateway(config, store=store)
     await api_login(client)
@@ -182,9 +173,9 @@ async def test_a_disabled_user_loses_sessions_even_if_she_never_comes_back(
 
 
 async def test_a_disabled_user_loses_sessions_with_no_requests_at_all(
-        upstream, make_config, gateway, tmp_path, session_settings):
+        upstream, make_config, gateway, tmp_path, store_settings):
     """The worker re-checks the users file on its own every 2 s."""
-    config = make_config(str(upstream.make_url("/")), session=session_settings)
+    config = make_config(str(upstream.make_url("/")), session=store_settings)
     store = create_store(config.session)
     client = await gateway(config, store=store)
     await api_login(client)
@@ -214,8 +205,8 @@ async def test_re_enabling_does_not_revive_old_sessions(upstream, make_config, g
 
 
 async def test_removing_a_role_gives_403_on_the_next_request(upstream, make_config, gateway,
-                                                             tmp_path, session_settings):
-    client = await gateway(make_config(str(upstream.make_url("/")), session=session_settings))
+                                                             tmp_path, store_settings):
+    client = await gateway(make_config(str(upstream.make_url("/")), session=store_settings))
     token = await api_login(client, "Admin", "admin-pw")
     r = await send(client, "GET", "/admin/users", token=token)
     assert r.status == 200
