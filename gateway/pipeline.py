@@ -17,7 +17,7 @@ from yarl import URL
 from .access import is_public, missing_roles, upstream_path
 from .errors import error_response, json_error, wants_html
 from .headers import client_ip, cookie_value, safe_header_value, upstream_request_headers
-from .paths import BadPath, normalize_path
+from .paths import BadPath, has_prefix, normalize_path
 from .proxy import forward, forward_websocket, is_websocket
 from .sessions import AuthError, Identity
 from .state import GATEWAY, Gateway
@@ -47,17 +47,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
     # 3. The upstream that serves it. A path that only resolves into the
     #    gateway's own prefix (``/x/../_gateway/...``) belongs to nobody.
     upstream = gw.router.match(request.host, path)
-    if upstream is None or path == config.prefix or path.startswith(config.prefix + "/"):
+    if upstream is None or has_prefix(path, config.prefix):
         return error_response(request, 404, "NOT_FOUND", "Nothing is served at this address.")
 
     # 4. Who is asking: public paths need nobody, all else a live session.
     ip = client_ip(request.remote, request.headers, config.trusted_proxies)
+    user_agent = request.headers.get("User-Agent", "")
     identity: Identity | None = None
+    token: str | None = None
     if not is_public(upstream, path):
         token = cookie_value(request.headers.get("Cookie"), config.cookie_name)
         try:
-            identity = await gw.sessions.authenticate(
-                token, ip=ip, user_agent=request.headers.get("User-Agent", ""))
+            identity = await gw.sessions.authenticate(token, ip=ip, user_agent=user_agent)
         except AuthError as exc:
             return deny(request, gw, exc, had_cookie=token is not None)
         except StoreUnavailable:
@@ -80,9 +81,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
     url = URL(upstream.base + upstream_path(upstream, encoded_path) + (mark + query if query else ""),
               encoded=True)
 
-    # 7. Forward, streaming both ways.
+    # 7. Forward, streaming both ways; a WebSocket ends with its session.
     if is_websocket(request):
-        return await forward_websocket(request, upstream, url, headers, gw.client)
+        async def still_valid() -> bool:
+            try:
+                # touch=False: an open tab left alone must not keep a session alive.
+                await gw.sessions.authenticate(token, ip=ip, user_agent=user_agent, touch=False)
+            except (AuthError, StoreUnavailable):
+                return False
+            return True
+        return await forward_websocket(request, upstream, url, headers, gw.client,
+                                       still_valid if identity else None)
     return await forward(request, upstream, url, headers, gw.client,
                          config.limits.max_body_size)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +27,8 @@ log = logging.getLogger("gateway.proxy")
 # aiohttp adds these unless told not to; the upstream must see the client's own.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 _WS_MAX_MESSAGE = 16 * 2**20
+# How often an open WebSocket's session is checked again (cheap while cached).
+WS_RECHECK = 1.0
 # Bodies up to this size with a declared length are sent in the same write
 # as the headers (one syscall instead of three); anything else streams.
 _SMALL_BODY = 64 * 2**10
@@ -140,9 +142,14 @@ def is_websocket(request: web.BaseRequest) -> bool:
 
 
 async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: URL,
-                            headers: CIMultiDict[str],
-                            client: aiohttp.ClientSession) -> web.StreamResponse:
-    """Connect upstream first (so a refusal is a 502), then relay both ways."""
+                            headers: CIMultiDict[str], client: aiohttp.ClientSession,
+                            still_valid: Callable[[], Awaitable[bool]] | None = None
+                            ) -> web.StreamResponse:
+    """Connect upstream first (so a refusal is a 502), then relay both ways.
+
+    A socket opened with a session lives only as long as the session: it is
+    re-checked every WS_RECHECK seconds and closed (1008) once it has ended.
+    """
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
                  if p.strip()]
     for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol",
@@ -172,14 +179,25 @@ async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: U
         await client_ws.prepare(request)
         relays = [asyncio.ensure_future(_relay(client_ws, upstream_ws)),
                   asyncio.ensure_future(_relay(upstream_ws, client_ws))]
+        if still_valid is not None:
+            relays.append(asyncio.ensure_future(_while_valid(still_valid)))
         done, pending = await asyncio.wait(relays, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if still_valid is not None and relays[2] in done:
+            await client_ws.close(code=1008, message=b"session ended")
     finally:
         await upstream_ws.close()
         await client_ws.close()
     return client_ws
+
+
+async def _while_valid(still_valid: Callable[[], Awaitable[bool]]) -> None:
+    while True:
+        await asyncio.sleep(WS_RECHECK)
+        if not await still_valid():
+            return
 
 
 async def _relay(source, sink) -> None:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,7 +41,6 @@ _MAX_REMEMBERED = 10_000
 SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
 SESSION_EXPIRED = "SESSION_EXPIRED"
 SESSION_REVOKED = "SESSION_REVOKED"
-SESSION_INVALID = "SESSION_INVALID"
 JWT_INVALID = "JWT_INVALID"
 
 # What the login page tells a returning user, by the notice an ended session left.
@@ -169,11 +168,15 @@ class SessionManager:
             raise self._dead_end(sid, SESSION_REVOKED, "signed_out")
         now = time.time()
         if force_touch or (touch and now - session.last_seen_at >= self.touch_interval):
-            session.last_seen_at = now
-            session.ip, session.user_agent = ip, user_agent[:512]
-            if not await self.store.touch(session):
+            # A copy: the cached session must only ever say what Redis says,
+            # even when this write fails.
+            generation = self.cache.generation
+            touched = replace(session, last_seen_at=now, ip=ip, user_agent=user_agent[:512])
+            if not await self.store.touch(touched):
                 self.cache.drop(sid)
                 raise self._dead_end(sid, SESSION_EXPIRED, "idle")
+            self.cache.put(touched, generation)
+            session = touched
         return Identity(user=user, session=session)
 
     def _dead_end(self, sid: str, code: str, notice: str) -> AuthError:

@@ -234,6 +234,23 @@ async def test_websocket_needs_a_session(upstream: Any, make_config: Any, gatewa
     assert info.value.status == 401
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_websocket_ends_with_its_session(upstream: Any, make_config: Any, gateway: Any,
+                                               redis_server: Any, store: str) -> None:
+    """Signing out (or any revocation) also closes WebSockets opened with the session."""
+    session = ({"store": "redis", "redis": {"url": redis_server.url}} if store == "redis"
+               else {"store": "memory"})
+    client = await gateway(make_config(str(upstream.make_url("/")), session=session))
+    await login(client)
+    ws = await client.ws_connect("/ws", protocols=("chat",))
+    await ws.send_str("before")
+    assert (await ws.receive(timeout=5)).data == "echo:before"
+    resp = await client.post("/_gateway/logout", json={})
+    assert resp.status == 200 or resp.history[0].status == 303   # followed to the login page
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1008, "session ended")
+
+
 async def test_websocket_upstream_down_is_502(make_config: Any, gateway: Any) -> None:
     client = await gateway(make_config(f"http://127.0.0.1:{free_port()}"))
     await login(client)
