@@ -53,6 +53,12 @@ def json_error(status: int, code: str, message: str,
                         content_type="application/json", charset="utf-8", headers=headers)
 
 
+def store_unavailable(request: web.BaseRequest) -> web.Response:
+    """The session store did not answer: fail closed, say so plainly."""
+    return error_response(request, 503, "STORE_UNAVAILABLE",
+                          "Sign-in is unavailable right now. Please try again shortly.")
+
+
 @functools.lru_cache(maxsize=256)
 def _error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": code, "message": message}).encode()

@@ -15,7 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from .access import is_public, missing_roles, upstream_path
-from .errors import error_response, json_error, wants_html
+from .errors import error_response, json_error, store_unavailable, wants_html
 from .headers import client_ip, cookie_value, safe_header_value, upstream_request_headers
 from .paths import BadPath, has_prefix, normalize_path
 from .proxy import forward, forward_websocket, is_websocket
@@ -62,8 +62,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         except AuthError as exc:
             return deny(request, gw, exc, had_cookie=token is not None)
         except StoreUnavailable:
-            return error_response(request, 503, "STORE_UNAVAILABLE",
-                                  "Sign-in is unavailable right now. Please try again shortly.")
+            return store_unavailable(request)
         # 5. What the path demands of the user.
         if missing_roles(upstream, path, identity.user.roles):
             return error_response(request, 403, "FORBIDDEN",

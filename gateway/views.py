@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import Config
-from .errors import error_response, json_error, json_response
+from .errors import error_response, json_error, json_response, store_unavailable
 from .headers import client_ip, cookie_value
 from .pipeline import NOTICE_COOKIE, set_notice
 from .redirects import safe_redirect
-from .sessions import NOTICES, AuthError, Identity
+from .sessions import NOTICES, SESSION_NOT_FOUND, AuthError, Identity
 from .state import GATEWAY, Gateway
 from .store import StoreUnavailable
 
@@ -158,11 +158,6 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
-def _store_down(request: web.Request) -> web.Response:
-    return error_response(request, 503, "STORE_UNAVAILABLE",
-                          "Sign-in is unavailable right now. Please try again shortly.")
-
-
 async def _start_session(request: web.Request, gw: Gateway, username: str, password: str,
                          remember: bool) -> Identity | None:
     """Check the password, end the caller's previous session, start a new one."""
@@ -212,7 +207,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     try:
         identity = await _start_session(request, gw, username, password, remember)
     except StoreUnavailable:
-        return _store_down(request)
+        return store_unavailable(request)
     if identity is None:
         return await login_page(request, status=401, error=INVALID_CREDENTIALS,
                                 username=username, remember=remember, rd=rd)
@@ -277,7 +272,7 @@ async def logout_submit(request: web.Request) -> web.StreamResponse:
     except AuthError:
         pass
     except StoreUnavailable:
-        return _store_down(request)
+        return store_unavailable(request)
     response = _see_other(f"{gw.config.prefix}/login")
     gw.sessions.clear_cookie(response)
     set_notice(response, gw, "signed_out")
@@ -293,7 +288,7 @@ async def _session_json(request: web.Request, **touch: bool) -> web.Response:
     except AuthError as exc:
         response = json_error(401, exc.code, "A valid session is required.",
                               headers={"Cache-Control": "no-store"})
-        if exc.code != "SESSION_NOT_FOUND":
+        if exc.code != SESSION_NOT_FOUND:
             gw.sessions.clear_cookie(response)
         return response
     except StoreUnavailable:
