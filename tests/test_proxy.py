@@ -149,6 +149,60 @@ async def test_request_streams_before_client_finishes(aiohttp_server: Any, make_
     assert (resp.status, await resp.text()) == (200, "firstsecond")
 
 
+async def test_response_headers_arrive_before_the_first_body_byte(make_config: Any,
+                                                                  gateway: Any) -> None:
+    """A server-sent-events upstream: its headers reach the client before any event."""
+    release = asyncio.Event()
+
+    async def events(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        await release.wait()
+        writer.write(b"d\r\ndata: first\n\n\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(events, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await gateway(make_config(f"http://127.0.0.1:{port}"))
+        resp = await asyncio.wait_for(client.get("/static/events"), 5)
+        assert (resp.status, resp.headers["Content-Type"]) == (200, "text/event-stream")
+        release.set()
+        assert await resp.read() == b"data: first\n\n"
+    finally:
+        release.set()
+        server.close()
+
+
+async def test_request_headers_reach_the_upstream_before_the_body(aiohttp_server: Any,
+                                                                  make_config: Any,
+                                                                  gateway: Any) -> None:
+    """The upstream can start on a request (and refuse it early) before its body comes."""
+    called = asyncio.Event()
+
+    async def sink(request: web.Request) -> web.Response:
+        called.set()
+        return web.Response(text=(await request.content.read()).decode())
+
+    app = web.Application()
+    app.router.add_post("/static/sink", sink)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await gateway(make_config(str(server.make_url("/"))))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"POST /static/sink HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n"
+                     b"Connection: close\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(called.wait(), 5)
+        writer.write(b"body")
+        status, _, body = split_response(await asyncio.wait_for(reader.read(), 5))
+        assert (status, body) == (200, b"body")
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize("declared, sent", [(1000, 100), (8 * MiB, 256 * 1024)])
 async def test_upstream_breaking_off_is_never_a_complete_body(
         aiohttp_server: Any, make_config: Any, gateway: Any, declared: int, sent: int) -> None:
