@@ -11,6 +11,7 @@ stops accepting, lets in-flight requests finish (up to
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -31,8 +32,33 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
+# glibc's mallopt() parameter numbers (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc() -> bool:
+    """Keep relayed bodies' buffers in the heap between chunks (glibc only).
+
+    Streaming allocates and frees blocks of 64-512 KiB many times a second.
+    By default glibc maps each block that large afresh and hands the heap's
+    free top back to the kernel, so every chunk paid page faults and page
+    zeroing: about a fifth of the CPU of a 1 MiB transfer. Blocks under 4 MiB
+    now come from the heap, and up to 16 MiB of free heap stays mapped.
+    Larger blocks (argon2's 64 MiB) are still mapped and returned. An
+    operator's own ``GLIBC_TUNABLES`` for malloc win.
+    """
+    if sys.platform != "linux" or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 4 * 2**20) and mallopt(_M_TRIM_THRESHOLD, 16 * 2**20))
+
+
 def run_worker(config: Config, reuse_port: bool, parent: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, or until ``parent`` (if given) is gone."""
+    tune_malloc()
     # Imported here so the parent of many workers stays small: it only
     # forwards signals, and every worker imports the web stack itself.
     import uvloop

@@ -298,3 +298,45 @@ async def test_graceful_shutdown_finishes_in_flight_request(aiohttp_server: Any,
         gw.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(in_flight, 10) == (200, "late")
         assert await asyncio.wait_for(gw.proc.wait(), 15) == 0
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+HEAP_PROBE = """
+import ctypes, sys
+from gateway.server import tune_malloc
+
+def from_heap(size):
+    block = bytearray(size)
+    address = ctypes.addressof((ctypes.c_char * size).from_buffer(block))
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            low, high = (int(x, 16) for x in line.split()[0].split("-"))
+            return low <= address < high
+    return False
+
+tuned = tune_malloc() if sys.argv[1] == "tune" else None
+print(tuned, from_heap(3 * 2**20), from_heap(8 * 2**20))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="mallopt tuning is for glibc on Linux")
+@pytest.mark.parametrize("mode, tunables, expected", [
+    ("plain", "", "None False False"),
+    ("tune", "", "True True False"),
+    ("tune", "glibc.malloc.trim_threshold=1048576", "False False False"),
+])
+async def test_workers_keep_streaming_buffers_in_the_heap(mode: str, tunables: str,
+                                                          expected: str) -> None:
+    """Blocks a relayed body is made of (under 4 MiB) are reused, not mapped per chunk."""
+    env = clean_env()
+    env.pop("GLIBC_TUNABLES", None)
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HEAP_PROBE, mode, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == expected
