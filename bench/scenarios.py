@@ -191,42 +191,60 @@ def bodies(env: Env) -> dict[str, Any]:
     up = _interleaved(env, cs, s, lambda c, st: wrk(
         c.url + "/upload", st, method="POST", body_size=MIB,
         headers={**c.headers, "Content-Type": "application/octet-stream"}))
-    big = {c.name: _big_transfers(env, c) for c in cs}
+    big = _big_transfers(env, cs)
     return {"settings": s.describe(), "big_size": env.profile.big_size,
             "download": {n: _summarise(r, MIB) for n, r in down.items()},
             "upload": {n: _summarise(r, MIB) for n, r in up.items()},
             "big": big}
 
 
-def _big_transfers(env: Env, c: Contender) -> dict[str, Any]:
-    """One huge download and one huge upload, alone, with the process tree's memory polled."""
-    out: dict[str, Any] = {}
+def _big_transfers(env: Env, cs: list[Contender]) -> dict[str, Any]:
+    """One huge download and one huge upload at a time, rounds interleaved, memory polled.
+
+    Per contender and direction: the median MiB/s over the rounds and the
+    largest memory peak of any round.
+    """
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        c.name: {"download": [], "upload": []} for c in cs}
+    for i in range(env.profile.rounds):
+        for c in cs:
+            for direction in ("download", "upload"):
+                r = _big_transfer(env, c, direction)
+                runs[c.name][direction].append(r)
+                env.log(f"    round {i + 1} {c.name:<20} 1 x {env.profile.big_size // MIB} MiB "
+                        f"{direction:<8} {r['mib_s']:8.1f} MiB/s  peak RSS one worker "
+                        f"{r['peak_worker_rss_mib']:.1f} MiB, all {r['processes']} processes "
+                        f"{r['peak_total_rss_mib']:.1f} MiB")
+    return {name: {d: {"mib_s": _median([r["mib_s"] for r in rs]),
+                       "rounds": [round(r["mib_s"], 1) for r in rs],
+                       "peak_worker_rss_mib": max(r["peak_worker_rss_mib"] for r in rs),
+                       "start_worker_rss_mib": max(r["start_worker_rss_mib"] for r in rs),
+                       "peak_total_rss_mib": max(r["peak_total_rss_mib"] for r in rs),
+                       "processes": max(r["processes"] for r in rs)}
+                   for d, rs in by_dir.items()}
+            for name, by_dir in runs.items()}
+
+
+def _big_transfer(env: Env, c: Contender, direction: str) -> dict[str, Any]:
     cookie = c.headers.get("Cookie", "")
-    for direction in ("download", "upload"):
-        pids = [c.service.pid] + probe.children(c.service.pid)
-        workers = probe.worker_pids(c.service.pid) if c.name == GATEWAY else pids
-        for pid in pids:
-            _reset_peak(pid)
-        with env.measuring(), probe.MemorySampler(pids) as mem:
-            if direction == "download":
-                t = curl_transfer(c.url + "/1g", cookie=cookie)
-            else:
-                t = curl_transfer(c.url + "/upload", cookie=cookie, upload=env.big_file)
-        if t.status != 200 or t.bytes != env.profile.big_size:
-            raise RuntimeError(f"{c.name}: {direction} of {env.profile.big_size} bytes answered "
-                               f"{t.status} after {t.bytes} bytes")
-        peak_one = max(max(mem.peak_hwm.get(p, 0), mem.peak_rss.get(p, 0)) for p in workers)
-        out[direction] = {
-            "mib_s": t.mib_per_s, "seconds": t.seconds,
+    pids = [c.service.pid] + probe.children(c.service.pid)
+    workers = probe.worker_pids(c.service.pid) if c.name == GATEWAY else pids
+    for pid in pids:
+        _reset_peak(pid)
+    with env.measuring(), probe.MemorySampler(pids) as mem:
+        if direction == "download":
+            t = curl_transfer(c.url + "/1g", cookie=cookie)
+        else:
+            t = curl_transfer(c.url + "/upload", cookie=cookie, upload=env.big_file)
+    if t.status != 200 or t.bytes != env.profile.big_size:
+        raise RuntimeError(f"{c.name}: {direction} of {env.profile.big_size} bytes answered "
+                           f"{t.status} after {t.bytes} bytes")
+    peak_one = max(max(mem.peak_hwm.get(p, 0), mem.peak_rss.get(p, 0)) for p in workers)
+    return {"mib_s": t.mib_per_s, "seconds": t.seconds,
             "peak_worker_rss_mib": peak_one / 1024,
             "start_worker_rss_mib": max(mem.start_rss.get(p, 0) for p in workers) / 1024,
             "peak_total_rss_mib": mem.peak_sum_rss / 1024,
-            "processes": len(pids),
-        }
-        env.log(f"    {c.name:<20} 1 x {env.profile.big_size // MIB} MiB {direction:<8} "
-                f"{t.mib_per_s:8.1f} MiB/s  peak RSS one worker {peak_one / 1024:.1f} MiB, "
-                f"all {len(pids)} processes {mem.peak_sum_rss / 1024:.1f} MiB")
-    return out
+            "processes": len(pids)}
 
 
 def _reset_peak(pid: int) -> None:
