@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.payload import AsyncIterablePayload
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -30,7 +31,8 @@ _WS_MAX_MESSAGE = 16 * 2**20
 # How often an open WebSocket's session is checked again (cheap while cached).
 WS_RECHECK = 1.0
 # Bodies up to this size with a declared length are sent in the same write
-# as the headers (one syscall instead of three); anything else streams.
+# as the headers (one syscall instead of three), both ways; anything else
+# streams.
 _SMALL_BODY = 64 * 2**10
 # Yielded first by a streamed request body, so the request's headers go out
 # on their own: aiohttp's client (on Python < 3.12.9) otherwise joins them
@@ -77,17 +79,25 @@ def _timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
 
 
-def _request_body(request: web.BaseRequest, max_body: int) -> AsyncIterator[bytes] | None:
-    """What to send upstream: nothing, or the stream as it arrives.
+async def _request_body(request: web.BaseRequest,
+                        max_body: int) -> bytes | AsyncIterablePayload | None:
+    """What to send upstream: nothing, a small body whole, or the stream as it arrives.
 
-    With a declared Content-Length (already checked against the limit) the
-    parser delivers exactly that many bytes, so only chunked bodies need
-    counting on the way through.
+    A small body with a declared length is read first, so it goes out in one
+    write with the headers. With a declared Content-Length (already checked
+    against the limit) the parser delivers exactly that many bytes, so only
+    chunked bodies need counting on the way through. The payload is built
+    here, not looked up in aiohttp's registry (an ABC check per request).
     """
-    if request.content_length is not None:
-        return _relayed(request.content, None) if request.content_length else None
+    length = request.content_length
+    if length is not None:
+        if not length:
+            return None
+        if length <= _SMALL_BODY:
+            return await request.content.readexactly(length)
+        return AsyncIterablePayload(_relayed(request.content, None))
     if "Transfer-Encoding" in request.headers:
-        return _relayed(request.content, max_body)
+        return AsyncIterablePayload(_relayed(request.content, max_body))
     return None
 
 
@@ -95,7 +105,7 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
                   headers: CIMultiDict[str], client: aiohttp.ClientSession,
                   max_body: int) -> web.StreamResponse:
     """Proxy an HTTP request; 502 if the upstream refuses, 504 if it is too slow."""
-    body = _request_body(request, max_body)
+    body = await _request_body(request, max_body)
     timeout = _timeout(upstream.connect_timeout, upstream.timeout)
     response: web.StreamResponse | None = None
     try:

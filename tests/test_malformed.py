@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from authkit import raw_exchange
 from conftest import login
@@ -91,12 +93,13 @@ async def test_pipelined_requests_after_a_good_one(upstream: Any, make_config: A
     assert answer.index(b"/static/one") < answer.index(b"/static/two")
 
 
+@pytest.mark.parametrize("declared", [1_000_000, 5_000])  # streamed, read whole
 async def test_client_vanishing_mid_body_does_not_harm(upstream: Any, make_config: Any,
-                                                       gateway: Any) -> None:
+                                                       gateway: Any, declared: int) -> None:
     client = await gateway(make_config(str(upstream.make_url("/"))))
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(b"POST /static/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
-                 + b"a" * 1000)
+    writer.write(b"POST /static/upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                 % declared + b"a" * 1000)
     await writer.drain()
     writer.close()
     await writer.wait_closed()
@@ -104,3 +107,28 @@ async def test_client_vanishing_mid_body_does_not_harm(upstream: Any, make_confi
         resp = await client.post("/static/upload", data=b"b" * 10)
         assert resp.status == 200
         assert (await resp.json())["body_size"] == 10
+
+
+async def test_small_body_cut_short_is_dropped_quietly(aiohttp_server: Any, make_config: Any,
+                                                       gateway: Any, caplog: Any) -> None:
+    """A small body is read whole before the upstream is called: cut short, nothing goes on."""
+    calls: list[str] = []
+
+    async def sink(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/static/sink", sink)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await gateway(make_config(str(server.make_url("/"))))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"POST /static/sink HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcd")
+    await writer.drain()
+    # A whole request after it: by its answer, a forwarded partial one would have arrived.
+    resp = await client.post("/static/sink", data=b"whole")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert (resp.status, calls) == (200, ["/static/sink"])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
