@@ -14,7 +14,8 @@ from aiohttp import web
 
 TITLES = {
     400: "Bad request", 401: "Sign-in required", 403: "Forbidden",
-    404: "Not found", 405: "Method not allowed", 413: "Request body too large",
+    404: "Not found", 405: "Method not allowed", 408: "Request timeout",
+    413: "Request body too large",
     429: "Too many requests", 431: "Request headers too large",
     500: "Internal error", 502: "Bad gateway", 503: "Service unavailable",
     504: "Gateway timeout",

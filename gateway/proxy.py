@@ -1,9 +1,11 @@
 """Forward one request to an upstream and stream the answer back.
 
-Bodies are never read whole: the request body is handed to the client as an
-async iterator and the response is written chunk by chunk, each write
-waiting for the socket to drain, so memory stays bounded whatever the size.
-The upstream's bytes pass untouched (no decompression, no re-encoding).
+Only small bodies with a declared length (up to 64 KiB) are read whole, so
+they leave in one write with their headers. Anything larger streams: the
+request body is handed to the client as an async iterator and the response
+is written chunk by chunk, each write waiting for the socket to drain, so
+memory stays bounded whatever the size. The upstream's bytes pass untouched
+(no decompression, no re-encoding).
 """
 
 from __future__ import annotations
@@ -79,12 +81,13 @@ def _timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
 
 
-async def _request_body(request: web.BaseRequest,
-                        max_body: int) -> bytes | AsyncIterablePayload | None:
+async def _request_body(request: web.BaseRequest, max_body: int,
+                        wait: float) -> bytes | AsyncIterablePayload | None:
     """What to send upstream: nothing, a small body whole, or the stream as it arrives.
 
-    A small body with a declared length is read first, so it goes out in one
-    write with the headers. With a declared Content-Length (already checked
+    A small body with a declared length is read first (within ``wait``
+    seconds: nobody else is waiting for it yet), so it goes out in one write
+    with the headers. With a declared Content-Length (already checked
     against the limit) the parser delivers exactly that many bytes, so only
     chunked bodies need counting on the way through. The payload is built
     here, not looked up in aiohttp's registry (an ABC check per request).
@@ -94,7 +97,8 @@ async def _request_body(request: web.BaseRequest,
         if not length:
             return None
         if length <= _SMALL_BODY:
-            return await request.content.readexactly(length)
+            async with asyncio.timeout(wait):
+                return await request.content.readexactly(length)
         return AsyncIterablePayload(_relayed(request.content, None))
     if "Transfer-Encoding" in request.headers:
         return AsyncIterablePayload(_relayed(request.content, max_body))
@@ -105,7 +109,13 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
                   headers: CIMultiDict[str], client: aiohttp.ClientSession,
                   max_body: int) -> web.StreamResponse:
     """Proxy an HTTP request; 502 if the upstream refuses, 504 if it is too slow."""
-    body = await _request_body(request, max_body)
+    try:
+        body = await _request_body(request, max_body, upstream.timeout)
+    except TimeoutError:
+        late = error_response(request, 408, "REQUEST_TIMEOUT",
+                              "The request body did not arrive in time.")
+        late.force_close()  # the rest of the body may still come: not a next request
+        return late
     timeout = _timeout(upstream.connect_timeout, upstream.timeout)
     response: web.StreamResponse | None = None
     try:

@@ -132,3 +132,32 @@ async def test_small_body_cut_short_is_dropped_quietly(aiohttp_server: Any, make
     writer.close()
     assert (resp.status, calls) == (200, ["/static/sink"])
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_stalled_small_body_gets_408_and_never_reaches_the_upstream(
+        aiohttp_server: Any, make_config: Any, gateway: Any) -> None:
+    """A body the gateway reads first has a deadline: the upstream's ``timeout``."""
+    calls: list[str] = []
+
+    async def sink(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/static/sink", sink)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await gateway(make_config(str(server.make_url("/")), upstreams=[
+        {"name": "app", "url": str(server.make_url("/")), "path_prefix": "/",
+         "public": ["/static/"], "timeout": "1s"}]))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"POST /static/sink HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n"
+                     b"Content-Length: 10\r\n\r\nabcd")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in head
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        assert b'"REQUEST_TIMEOUT"' in await reader.readexactly(length)
+    finally:
+        writer.close()
+    assert calls == []
