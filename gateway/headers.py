@@ -22,6 +22,10 @@ HOP_BY_HOP = frozenset({
 # unless it is a trusted proxy (then X-Forwarded-* are extended, not replaced).
 FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                        "x-real-ip", "forwarded"})
+# The gateway meets a client's "Expect: 100-continue" itself (aiohttp answers
+# it before the handler runs); passed on, the upstream client would wait for
+# a 100 Continue that an upstream ignoring Expect never sends.
+_NOT_FORWARDED = HOP_BY_HOP | FORWARDED | {"expect", "host"}
 
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
@@ -92,15 +96,15 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """Headers for the upstream request.
 
-    Hop-by-hop headers (and those named in ``Connection``) go; every header
+    Hop-by-hop headers (and those named in ``Connection``) and ``Expect`` go; every header
     whose folded name is in ``strip`` (identity headers) goes in any spelling;
     the gateway's cookies go; X-Forwarded-* are rebuilt; ``identity`` is added.
     """
-    skip = HOP_BY_HOP | connection_tokens(incoming) | strip | FORWARDED
+    dropped = connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         folded = fold(name)
-        if folded in skip or folded == "host":
+        if folded in _NOT_FORWARDED or folded in strip or folded in dropped:
             continue
         if folded == "cookie":
             value = strip_cookie(value, drop_cookies)

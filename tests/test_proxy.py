@@ -771,3 +771,15 @@ async def test_methods_and_bodies_forwarded(upstream: Any, make_config: Any,
         seen = await resp.json()
         assert seen["method"] == method
         assert seen["body_size"] == (0 if method == "GET" else 3)
+
+
+@pytest.mark.parametrize("size", [10, 100_000])  # read whole, streamed
+async def test_expect_100_continue_is_met_by_the_gateway(upstream: Any, make_config: Any,
+                                                         gateway: Any, size: int) -> None:
+    """The client gets its 100 Continue here; the upstream never sees Expect."""
+    client = await proxied(upstream, make_config, gateway, sign_in=False)
+    resp = await client.post("/static/upload", data=b"e" * size, expect100=True)
+    assert resp.status == 200
+    seen = await resp.json()
+    assert seen["body_size"] == size
+    assert "expect" not in seen_headers(seen)
