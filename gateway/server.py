@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import multiprocessing
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from .assertion import assertion_key_path, load_or_create_key
 from .config import Config
@@ -35,9 +37,14 @@ def configure_logging(level: str) -> None:
 # glibc's mallopt() parameter numbers (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+# What an operator may have set already (tunables or the older variables); theirs win.
+_OPERATOR_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
+_OPERATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+# How soon a quiet worker gives its freed heap back after a burst of streams.
+TRIM_EVERY = 10.0
 
 
-def tune_malloc() -> bool:
+def tune_malloc() -> Callable[[], object] | None:
     """Keep relayed bodies' buffers in the heap between chunks (glibc only).
 
     Streaming allocates and frees blocks of 64-512 KiB many times a second.
@@ -45,20 +52,31 @@ def tune_malloc() -> bool:
     free top back to the kernel, so every chunk paid page faults and page
     zeroing: about a fifth of the CPU of a 1 MiB transfer. Blocks under 4 MiB
     now come from the heap, and up to 16 MiB of free heap stays mapped.
-    Larger blocks (argon2's 64 MiB) are still mapped and returned. An
-    operator's own ``GLIBC_TUNABLES`` for malloc win.
+    Larger blocks (argon2's 64 MiB) are still mapped and returned.
+
+    A heap only shrinks from its top, so after a burst of streams freed
+    blocks could stay resident for good: the returned ``malloc_trim`` gives
+    them back, and the worker calls it every ``TRIM_EVERY`` seconds. None
+    when nothing was tuned (not glibc, or the operator set these already).
     """
-    if sys.platform != "linux" or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 4 * 2**20) and mallopt(_M_TRIM_THRESHOLD, 16 * 2**20))
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if (sys.platform != "linux" or any(t in tunables for t in _OPERATOR_TUNABLES)
+            or any(v in os.environ for v in _OPERATOR_VARIABLES)):
+        log.debug("malloc left as configured")
+        return None
+    libc = ctypes.CDLL(None)
+    mallopt, trim = getattr(libc, "mallopt", None), getattr(libc, "malloc_trim", None)
+    if mallopt is None or trim is None:
+        return None
+    if not (mallopt(_M_MMAP_THRESHOLD, 4 * 2**20) and mallopt(_M_TRIM_THRESHOLD, 16 * 2**20)):
+        return None
+    log.debug("malloc tuned for streaming: mmap threshold 4 MiB, trim threshold 16 MiB")
+    return functools.partial(trim, 0)
 
 
 def run_worker(config: Config, reuse_port: bool, parent: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, or until ``parent`` (if given) is gone."""
-    tune_malloc()
+    trim_heap = tune_malloc()
     # Imported here so the parent of many workers stays small: it only
     # forwards signals, and every worker imports the web stack itself.
     import uvloop
@@ -70,6 +88,8 @@ def run_worker(config: Config, reuse_port: bool, parent: int | None = None) -> N
     app = create_app(config)
     if parent is not None:
         app.on_startup.append(lambda _app: _watch_parent(parent))
+    if trim_heap is not None:
+        app.on_startup.append(lambda _app: _every(TRIM_EVERY, trim_heap))
     host, port = config.listen
     web.run_app(app, host=host, port=port, reuse_port=reuse_port or None,
                 shutdown_timeout=config.shutdown_timeout, print=None,
@@ -85,6 +105,14 @@ async def _watch_parent(parent: int) -> None:
         log.warning("the gateway's main process is gone; this worker stops")
         os.kill(os.getpid(), signal.SIGTERM)
     _watchers.add(asyncio.get_running_loop().create_task(watch()))
+
+
+async def _every(seconds: float, job: Callable[[], object]) -> None:
+    async def repeat() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            job()
+    _watchers.add(asyncio.get_running_loop().create_task(repeat()))
 
 
 _watchers: set[asyncio.Task[None]] = set()

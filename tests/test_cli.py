@@ -315,28 +315,63 @@ def from_heap(size):
             return low <= address < high
     return False
 
-tuned = tune_malloc() if sys.argv[1] == "tune" else None
-print(tuned, from_heap(3 * 2**20), from_heap(8 * 2**20))
+trim = tune_malloc() if sys.argv[1] == "tune" else None
+print(trim is not None, from_heap(3 * 2**20), from_heap(8 * 2**20))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
                     reason="mallopt tuning is for glibc on Linux")
-@pytest.mark.parametrize("mode, tunables, expected", [
-    ("plain", "", "None False False"),
-    ("tune", "", "True True False"),
-    ("tune", "glibc.malloc.trim_threshold=1048576", "False False False"),
+@pytest.mark.parametrize("mode, env, expected", [
+    ("plain", {}, "False False False"),
+    ("tune", {}, "True True False"),
+    ("tune", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "True True False"),
+    ("tune", {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"}, "False False False"),
+    ("tune", {"MALLOC_MMAP_THRESHOLD_": "131072"}, "False False False"),
 ])
-async def test_workers_keep_streaming_buffers_in_the_heap(mode: str, tunables: str,
+async def test_workers_keep_streaming_buffers_in_the_heap(mode: str, env: dict[str, str],
                                                           expected: str) -> None:
     """Blocks a relayed body is made of (under 4 MiB) are reused, not mapped per chunk."""
+    assert await heap_probe(HEAP_PROBE, mode, env) == expected
+
+
+TRIM_PROBE = """
+from gateway.server import tune_malloc
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+
+trim = tune_malloc()
+drain = [bytes(1000) + b"%d" % i for i in range(20000)]  # use up the free small chunks
+blocks, pins = [], []
+for i in range(300):  # a burst of 256 KiB chunks, a small live object after each
+    blocks.append(b"x" * (256 * 1024))
+    pins.append(bytes(1000) + b"%d" % i)
+blocks.clear()
+before = rss_mib()
+trim()
+print(before - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="mallopt tuning is for glibc on Linux")
+async def test_a_burst_of_streams_does_not_stay_resident() -> None:
+    """Freed chunk buffers pinned below live objects go back to the kernel on trim."""
+    freed_mib = int(await heap_probe(TRIM_PROBE, "", {}))
+    assert freed_mib > 50  # of the 75 MiB burst
+
+
+async def heap_probe(code: str, mode: str, extra: dict[str, str]) -> str:
     env = clean_env()
-    env.pop("GLIBC_TUNABLES", None)
-    if tunables:
-        env["GLIBC_TUNABLES"] = tunables
+    for name in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        env.pop(name, None)
+    env.update(extra)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", HEAP_PROBE, mode, env=env,
+        sys.executable, "-c", code, mode, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
-    assert out.decode().strip() == expected
+    return out.decode().strip()
