@@ -109,9 +109,8 @@ async def test_client_vanishing_mid_body_does_not_harm(upstream: Any, make_confi
         assert (await resp.json())["body_size"] == 10
 
 
-async def test_small_body_cut_short_is_dropped_quietly(aiohttp_server: Any, make_config: Any,
-                                                       gateway: Any, caplog: Any) -> None:
-    """A small body is read whole before the upstream is called: cut short, nothing goes on."""
+async def recording_sink(aiohttp_server: Any) -> tuple[Any, list[str]]:
+    """An upstream answering POST /static/sink, and the paths it was called with."""
     calls: list[str] = []
 
     async def sink(request: web.Request) -> web.Response:
@@ -120,7 +119,13 @@ async def test_small_body_cut_short_is_dropped_quietly(aiohttp_server: Any, make
 
     app = web.Application()
     app.router.add_post("/static/sink", sink)
-    server = await aiohttp_server(app, host="127.0.0.1")
+    return await aiohttp_server(app, host="127.0.0.1"), calls
+
+
+async def test_small_body_cut_short_is_dropped_quietly(aiohttp_server: Any, make_config: Any,
+                                                       gateway: Any, caplog: Any) -> None:
+    """A small body is read whole before the upstream is called: cut short, nothing goes on."""
+    server, calls = await recording_sink(aiohttp_server)
     client = await gateway(make_config(str(server.make_url("/"))))
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(b"POST /static/sink HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcd")
@@ -137,15 +142,7 @@ async def test_small_body_cut_short_is_dropped_quietly(aiohttp_server: Any, make
 async def test_stalled_small_body_gets_408_and_never_reaches_the_upstream(
         aiohttp_server: Any, make_config: Any, gateway: Any) -> None:
     """A body the gateway reads first has a deadline: the upstream's ``timeout``."""
-    calls: list[str] = []
-
-    async def sink(request: web.Request) -> web.Response:
-        calls.append(request.path)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/static/sink", sink)
-    server = await aiohttp_server(app, host="127.0.0.1")
+    server, calls = await recording_sink(aiohttp_server)
     client = await gateway(make_config(str(server.make_url("/")), upstreams=[
         {"name": "app", "url": str(server.make_url("/")), "path_prefix": "/",
          "public": ["/static/"], "timeout": "1s"}]))
