@@ -127,8 +127,9 @@ def upstream_request_headers(
 
 def downstream_response_headers(incoming: CIMultiDict[str]) -> CIMultiDict[str]:
     """Upstream response headers minus hop-by-hop; Set-Cookie and Location untouched."""
-    skip = HOP_BY_HOP | connection_tokens(incoming)
-    return CIMultiDict((k, v) for k, v in incoming.items() if fold(k) not in skip)
+    dropped = connection_tokens(incoming)
+    return CIMultiDict((k, v) for k, v in incoming.items()
+                       if (f := fold(k)) not in HOP_BY_HOP and f not in dropped)
 
 
 def safe_header_value(value: str) -> str:
