@@ -19,10 +19,10 @@ from aiohttp import web
 
 from .access import Router
 from .assertion import AssertionSigner, assertion_key_path, load_or_create_key
-from .config import IdentityHeaders, Config
+from .config import Config, IdentityHeaders, origin_of
 from .headers import fold
 from .pipeline import NOTICE_COOKIE, handle
-from .proxy import new_client_session
+from .proxy import ResponseGuard, new_client_session
 from .sessions import SessionManager
 from .state import GATEWAY, Gateway
 from .store import REASON_DISABLED, SessionStore, StoreUnavailable, create_store
@@ -36,12 +36,17 @@ def create_app(config: Config, store: SessionStore | None = None) -> web.Applica
     """Build one worker's application; ``store`` overrides the configured one (tests)."""
     # client_max_size bounds what the gateway's own pages read (forms, JSON);
     # proxied bodies stream and never count against it.
+    # keepalive_timeout doubles as the header-read timeout: aiohttp closes a
+    # connection whose next request is still incomplete when it runs out.
     app = web.Application(handler_args={"max_field_size": 64 * 2**10,
-                                        "max_line_size": 16 * 2**10},
+                                        "max_line_size": 16 * 2**10,
+                                        "keepalive_timeout": config.limits.header_timeout},
                           client_max_size=64 * 2**10)
     users = UserDirectory(config.users_file)
     signer = AssertionSigner(load_or_create_key(assertion_key_path(config)),
                              issuer=config.public_url, lifetime=config.assertion.lifetime)
+
+    own_cookies = frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE})
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         session_store = store or create_store(config.session)
@@ -52,7 +57,9 @@ def create_app(config: Config, store: SessionStore | None = None) -> web.Applica
             signer=signer, client=client,
             strip_headers=frozenset(fold(n) for n in
                                     (*config.headers.names(), *IdentityHeaders().names())),
-            own_cookies=frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE}))
+            own_cookies=own_cookies,
+            response_guard=ResponseGuard(own_cookies),
+            public_origin=origin_of(config.public_url))
         app[GATEWAY] = gw
         users.on_lost = lambda keys: _end_sessions_of(gw, keys)
         loop = asyncio.get_running_loop()

@@ -230,6 +230,9 @@ class Upstream:
     timeout: float = 60.0
     public: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
+    allow_path_parameters: bool = False
+    allow_public_cache: bool = False
+    websocket_origins: frozenset[str] = frozenset()
 
     @functools.cached_property
     def base(self) -> str:
@@ -269,6 +272,7 @@ class SessionConfig:
 class Limits:
     max_body_size: int = 2**30
     max_header_size: int = 32 * 2**10
+    header_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -370,6 +374,43 @@ def _header_name(v: Any) -> str:
     return v
 
 
+_ROLE = re.compile(r"[^\s,\x00-\x1f\x7f-\x9f]+")
+
+
+def bad_role(role: str) -> bool:
+    """A role the identity headers could not carry as one list item."""
+    return not _ROLE.fullmatch(role)
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` lowercased, default port dropped; None if not http(s)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == {"http": 80, "https": 443}[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _origins(v: Any) -> frozenset[str]:
+    if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
+        raise ValueError("must be a list of origins like https://app.example.com")
+    out = set()
+    for item in v:
+        origin = origin_of(item)
+        if origin is None or urlsplit(item).path not in ("", "/"):
+            raise ValueError(f"{item!r} is not an origin like https://app.example.com")
+        out.add(origin)
+    return frozenset(out)
+
+
 def _one_of(*choices: str) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         if v not in choices:
@@ -387,6 +428,10 @@ def _build_upstream(s: Section, index: int) -> Upstream:
         roles = r.str_list("roles")
         if not roles:
             r.problem("roles", "must list at least one role")
+        for i, role in enumerate(roles):
+            if bad_role(role):
+                r.problem(f"roles[{i}]", f"must not contain ',', whitespace or control "
+                                         f"characters (got {_show(role)})")
         r.done()
         rules.append(Rule(path=path, roles=roles))
     public = s.str_list("public")
@@ -404,6 +449,9 @@ def _build_upstream(s: Section, index: int) -> Upstream:
         timeout=s.duration("timeout", "60s"),
         public=public,
         rules=tuple(rules),
+        allow_path_parameters=s.bool("allow_path_parameters", False),
+        allow_public_cache=s.bool("allow_public_cache", False),
+        websocket_origins=s.get("websocket_origins", frozenset(), _origins),
     )
     s.done()
     return up
@@ -461,7 +509,8 @@ def build_config(data: Any, base_dir: Path = Path("."),
 
     lim = top.section("limits")
     limits = Limits(max_body_size=lim.size("max_body_size", "1GiB"),
-                    max_header_size=lim.size("max_header_size", "32KiB"))
+                    max_header_size=lim.size("max_header_size", "32KiB"),
+                    header_timeout=lim.duration("header_timeout", "15s", minimum=1))
     if limits.max_header_size > 60 * 2**10:
         lim.problem("max_header_size", "must be at most 60KiB")
     lim.done()

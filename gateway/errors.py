@@ -11,11 +11,13 @@ import html
 import json
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
 
 TITLES = {
     400: "Bad request", 401: "Sign-in required", 403: "Forbidden",
     404: "Not found", 405: "Method not allowed", 408: "Request timeout",
     413: "Request body too large",
+    505: "HTTP version not supported",
     429: "Too many requests", 431: "Request headers too large",
     500: "Internal error", 502: "Bad gateway", 503: "Service unavailable",
     504: "Gateway timeout",
@@ -52,6 +54,32 @@ def json_error(status: int, code: str, message: str,
     traffic, so each distinct body is encoded once."""
     return web.Response(status=status, body=_error_body(code, message),
                         content_type="application/json", charset="utf-8", headers=headers)
+
+
+_HTTP1 = (HttpVersion11, HttpVersion10)
+
+
+def unsupported_version(request: web.BaseRequest) -> web.Response | None:
+    """Refuse what nginx refuses: an HTTP/0.9-style line (no version) with 400,
+    and ``HTTP/2.0`` written in a request line with 505; None for HTTP/1.x.
+
+    aiohttp's parser accepts both, and would even echo the version in the
+    status line; the answer goes out as HTTP/1.1 and the connection closes.
+    """
+    version = request.version
+    if version in _HTTP1:
+        return None
+    # aiohttp writes the request's version into the status line (its cached
+    # ``version``); a refusal speaks HTTP/1.1. tests/test_attacks.py holds this.
+    request._cache["version"] = HttpVersion11
+    if version < HttpVersion10:
+        refusal = error_response(request, 400, "BAD_REQUEST",
+                                 "The request line has no HTTP version.")
+    else:
+        refusal = error_response(request, 505, "HTTP_VERSION_NOT_SUPPORTED",
+                                 "Only HTTP/1.0 and HTTP/1.1 are spoken here.")
+    refusal.force_close()
+    return refusal
 
 
 def store_unavailable(request: web.BaseRequest) -> web.Response:

@@ -22,13 +22,23 @@ HOP_BY_HOP = frozenset({
 # unless it is a trusted proxy (then X-Forwarded-* are extended, not replaced).
 FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                        "x-real-ip", "forwarded"})
+# Other names for the client's address that some apps and CDNs believe; like
+# X-Forwarded-For, they pass only from a trusted proxy.
+CLIENT_ADDRESS = frozenset({"true-client-ip", "cf-connecting-ip", "x-client-ip",
+                            "x-cluster-client-ip"})
+# Headers that make some apps (Symfony, IIS modules: CVE-2018-14773) serve a
+# path other than the one the gateway judged. Never forwarded, from anyone.
+REWRITES = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri",
+                      "x-forwarded-prefix", "x-forwarded-uri"})
 # The gateway meets a client's "Expect: 100-continue" itself (aiohttp answers
 # it before the handler runs); passed on, the upstream client would wait for
 # a 100 Continue that an upstream ignoring Expect never sends.
-_NOT_FORWARDED = HOP_BY_HOP | FORWARDED | {"expect", "host"}
+_NOT_FORWARDED = HOP_BY_HOP | FORWARDED | REWRITES | {"expect", "host"}
 
 
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators that
+# some parsers (and log viewers) treat as line breaks.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def fold(name: str) -> str:
@@ -96,11 +106,16 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """Headers for the upstream request.
 
-    Hop-by-hop headers (and those named in ``Connection``) and ``Expect`` go; every header
-    whose folded name is in ``strip`` (identity headers) goes in any spelling;
-    the gateway's cookies go; X-Forwarded-* are rebuilt; ``identity`` is added.
+    Hop-by-hop headers (and those named in ``Connection``), ``Expect`` and
+    the path-rewrite headers go; every header whose folded name is in
+    ``strip`` (identity headers) goes in any spelling; the gateway's cookies
+    go; X-Forwarded-* are rebuilt and the other client-address headers kept
+    only from a trusted proxy; ``identity`` is added.
     """
     dropped = connection_tokens(incoming)
+    from_trusted = _trusted(peer or "", trusted)
+    if not from_trusted:
+        dropped |= CLIENT_ADDRESS
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         folded = fold(name)
@@ -112,7 +127,6 @@ def upstream_request_headers(
                 continue
         out.add(name, value)
 
-    from_trusted = _trusted(peer or "", trusted)
     xff = incoming.getall("X-Forwarded-For", []) if from_trusted else []
     out["X-Forwarded-For"] = ", ".join([*xff, peer] if xff and peer else [peer or ""])
     out["X-Real-IP"] = client
@@ -125,11 +139,67 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(incoming: CIMultiDict[str]) -> CIMultiDict[str]:
-    """Upstream response headers minus hop-by-hop; Set-Cookie and Location untouched."""
+def downstream_response_headers(incoming: CIMultiDict[str], own_cookies: frozenset[str],
+                                 private: bool = False) -> tuple[CIMultiDict[str], bool]:
+    """Upstream response headers minus hop-by-hop and minus the gateway's cookies.
+
+    ``own_cookies`` holds :func:`cookie_key` of each of the gateway's cookie
+    names: an upstream that could set those could sign a browser into
+    another user's session. The rest of ``Set-Cookie`` and ``Location`` pass
+    untouched. With ``private`` (a response to a signed-in request), a
+    ``Cache-Control`` that lets shared caches keep the page is made private.
+    Returns the headers and whether a gateway cookie was dropped.
+    """
     dropped = connection_tokens(incoming)
-    return CIMultiDict((k, v) for k, v in incoming.items()
-                       if (f := fold(k)) not in HOP_BY_HOP and f not in dropped)
+    out: CIMultiDict[str] = CIMultiDict()
+    tossed = False
+    for k, v in incoming.items():
+        f = fold(k)
+        if f in HOP_BY_HOP or f in dropped:
+            continue
+        if f == "set-cookie" and set_cookie_names(v) & own_cookies:
+            tossed = True
+            continue
+        if private and f == "cache-control":
+            v = private_cache_control(v)
+        out.add(k, v)
+    return out, tossed
+
+
+def cookie_key(name: str) -> str:
+    """A cookie name as browsers may confuse it: any case, without ``__Host-``/``__Secure-``."""
+    name = name.strip().lower()
+    for prefix in ("__host-", "__secure-"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def set_cookie_names(line: str) -> set[str]:
+    """Every name a browser might send back for one ``Set-Cookie`` line.
+
+    Besides the plain name, a nameless cookie (``=gateway_session=x`` or a
+    pair with no ``=``) is sent back by browsers as its bare value, which a
+    server then reads as ``gateway_session=x``.
+    """
+    pair = line.split(";", 1)[0]
+    name, _, value = pair.partition("=")
+    names = {cookie_key(name)}
+    if not name.strip():
+        names.add(cookie_key(value.split("=", 1)[0]))
+    return names
+
+
+def private_cache_control(value: str) -> str:
+    """``public`` becomes ``private`` and ``s-maxage`` goes; nothing is added otherwise."""
+    directives = [d.strip() for d in value.split(",") if d.strip()]
+    kept = [d for d in directives
+            if d.split("=", 1)[0].strip().lower() not in ("public", "s-maxage")]
+    if len(kept) == len(directives):
+        return value
+    if not any(d.lower() == "private" or d.lower().startswith("private=") for d in kept):
+        kept.insert(0, "private")
+    return ", ".join(kept)
 
 
 def safe_header_value(value: str) -> str:

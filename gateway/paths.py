@@ -65,6 +65,18 @@ def normalize_path(raw_path: str) -> tuple[str, str]:
     return canonical, quote(canonical, safe=_SAFE)
 
 
+def without_path_parameters(path: str) -> str:
+    """``path`` as a servlet container reads it: ``;params`` removed, ``//`` merged.
+
+    Tomcat, Jetty and Spring read ``/;x/admin`` and ``/admin;jsessionid=1``
+    as ``/admin`` (the pattern of Apache Shiro's CVE-2020-11989).
+    """
+    parts = path.split("/")[1:]
+    segments = [s for s in (p.split(";", 1)[0] for p in parts) if s]
+    trailing = bool(segments) and parts[-1].split(";", 1)[0] == ""
+    return "/" + "/".join(segments) + ("/" if trailing else "")
+
+
 def has_prefix(path: str, prefix: str) -> bool:
     """Segment-aware prefix: ``/app`` matches ``/app`` and ``/app/x``, not ``/apple``."""
     if prefix == "/" or path == prefix:

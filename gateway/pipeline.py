@@ -1,6 +1,7 @@
 """The proxied request, top to bottom: every step answers or passes on.
 
-    limits -> canonical path -> upstream -> session -> roles -> headers -> forward
+    limits -> canonical path -> upstream -> path parameters -> session -> roles
+           -> headers -> WebSocket origin -> forward
 
 Everything the gateway decides about a request happens in ``handle`` in
 this order; the pieces it calls are pure functions or small objects that
@@ -12,12 +13,15 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from .access import is_public, missing_roles, upstream_path
-from .errors import error_response, json_error, store_unavailable, wants_html
+from .config import Upstream, origin_of
+from .errors import (error_response, json_error, store_unavailable, unsupported_version,
+                     wants_html)
 from .headers import client_ip, cookie_value, safe_header_value, upstream_request_headers
-from .paths import BadPath, has_prefix, normalize_path
+from .paths import BadPath, has_prefix, normalize_path, without_path_parameters
 from .proxy import forward, forward_websocket, is_websocket
 from .sessions import AuthError, Identity
 from .state import GATEWAY, Gateway
@@ -31,6 +35,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     config = gw.config
 
     # 1. Bounds the HTTP parser leaves to us.
+    if (refusal := unsupported_version(request)) is not None:
+        return refusal
     if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > config.limits.max_header_size:
         return error_response(request, 431, "HEADERS_TOO_LARGE",
                               "The request headers are larger than this gateway accepts.")
@@ -50,12 +56,25 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if upstream is None or has_prefix(path, config.prefix):
         return error_response(request, 404, "NOT_FOUND", "Nothing is served at this address.")
 
+    # 3b. Servlet containers read "/;x/admin" as "/admin". Refused unless the
+    #     upstream opts in; then both readings are judged and the stricter wins.
+    servlet_path = path
+    if ";" in path:
+        if not upstream.allow_path_parameters:
+            return error_response(request, 400, "BAD_REQUEST",
+                                  "The request path contains ';' (path parameters), "
+                                  "which this application does not accept.")
+        servlet_path = without_path_parameters(path)
+        if has_prefix(servlet_path, config.prefix):
+            return error_response(request, 404, "NOT_FOUND",
+                                  "Nothing is served at this address.")
+
     # 4. Who is asking: public paths need nobody, all else a live session.
     ip = client_ip(request.remote, request.headers, config.trusted_proxies)
     user_agent = request.headers.get("User-Agent", "")
     identity: Identity | None = None
     token: str | None = None
-    if not is_public(upstream, path):
+    if not (is_public(upstream, path) and is_public(upstream, servlet_path)):
         token = cookie_value(request.headers.get("Cookie"), config.cookie_name)
         try:
             identity = await gw.sessions.authenticate(token, ip=ip, user_agent=user_agent)
@@ -64,7 +83,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         except StoreUnavailable:
             return store_unavailable(request)
         # 5. What the path demands of the user.
-        if missing_roles(upstream, path, identity.user.roles):
+        roles = identity.user.roles
+        if missing_roles(upstream, path, roles) or missing_roles(upstream, servlet_path, roles):
             return error_response(request, 403, "FORBIDDEN",
                                   "Your account does not have access to this page.")
 
@@ -80,8 +100,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     url = URL(upstream.base + upstream_path(upstream, encoded_path) + (mark + query if query else ""),
               encoded=True)
 
-    # 7. Forward, streaming both ways; a WebSocket ends with its session.
+    # 7. Forward, streaming both ways; a WebSocket ends with its session and
+    #    never rides it from another site's page (CSWSH: SameSite does not
+    #    cover every cross-site case, e.g. a sibling subdomain).
     if is_websocket(request):
+        if identity and not origin_allowed(request.headers.get("Origin"), gw, upstream, headers):
+            return error_response(request, 403, "FORBIDDEN",
+                                  "This connection was opened from another site.")
         async def still_valid() -> bool:
             try:
                 # touch=False: an open tab left alone must not keep a session alive.
@@ -92,7 +117,21 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await forward_websocket(request, upstream, url, headers, gw.client,
                                        still_valid if identity else None)
     return await forward(request, upstream, url, headers, gw.client,
-                         config.limits.max_body_size)
+                         config.limits.max_body_size, gw.response_guard,
+                         private=identity is not None and not upstream.allow_public_cache)
+
+
+def origin_allowed(origin: str | None, gw: Gateway, upstream: Upstream,
+                   forwarded: CIMultiDict[str]) -> bool:
+    """A WebSocket's ``Origin``: this site as the client reached it, ``public_url``,
+    or the upstream's ``websocket_origins``. No Origin (not a browser) passes."""
+    if origin is None:
+        return True
+    seen = origin_of(origin)
+    if seen is None:  # "null" (sandboxed frames, file:) and anything unparsable
+        return False
+    own = origin_of(f"{forwarded['X-Forwarded-Proto']}://{forwarded['X-Forwarded-Host']}")
+    return seen in (own, gw.public_origin) or seen in upstream.websocket_origins
 
 
 def identity_headers(gw: Gateway, audience: str, identity: Identity | None) -> dict[str, str]:

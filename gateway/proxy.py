@@ -23,7 +23,7 @@ from yarl import URL
 
 from .config import Upstream
 from .errors import error_response
-from .headers import downstream_response_headers
+from .headers import cookie_key, downstream_response_headers
 
 log = logging.getLogger("gateway.proxy")
 
@@ -105,10 +105,35 @@ async def _request_body(request: web.BaseRequest, max_body: int,
     return None
 
 
+class ResponseGuard:
+    """Keeps an upstream's response from setting the gateway's own cookies.
+
+    Each upstream caught at it is logged once per worker: the cookie is
+    dropped every time, but the log should not fill with one app's habit.
+    """
+
+    def __init__(self, own_cookies: frozenset[str]) -> None:
+        self.keys = frozenset(cookie_key(name) for name in own_cookies)
+        self._warned: set[str] = set()
+
+    def headers(self, upstream: Upstream, incoming: CIMultiDict[str],
+                private: bool) -> CIMultiDict[str]:
+        out, tossed = downstream_response_headers(incoming, self.keys, private)
+        if tossed and upstream.name not in self._warned:
+            self._warned.add(upstream.name)
+            log.warning("upstream %s tried to set one of the gateway's own cookies; "
+                        "dropped (logged once per upstream)", upstream.name)
+        return out
+
+
 async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
                   headers: CIMultiDict[str], client: aiohttp.ClientSession,
-                  max_body: int) -> web.StreamResponse:
-    """Proxy an HTTP request; 502 if the upstream refuses, 504 if it is too slow."""
+                  max_body: int, guard: ResponseGuard, private: bool) -> web.StreamResponse:
+    """Proxy an HTTP request; 502 if the upstream refuses, 504 if it is too slow.
+
+    With ``private`` (a signed-in request) shared caches are told not to keep
+    the response.
+    """
     try:
         body = await _request_body(request, max_body, upstream.timeout)
     except TimeoutError:
@@ -122,7 +147,7 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
         async with client.request(request.method, url, headers=headers, data=body,
                                   allow_redirects=False, timeout=timeout,
                                   compress=None) as upstream_response:
-            out_headers = downstream_response_headers(upstream_response.headers)
+            out_headers = guard.headers(upstream, upstream_response.headers, private)
             length = upstream_response.content_length
             if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
                 small = await upstream_response.read()

@@ -10,6 +10,7 @@ from aiohttp import web
 from .access import Router
 from .assertion import AssertionSigner
 from .config import Config
+from .proxy import ResponseGuard
 from .sessions import SessionManager
 from .store import SessionStore
 from .users import UserDirectory
@@ -28,6 +29,10 @@ class Gateway:
     strip_headers: frozenset[str]
     # The gateway's own cookies, never forwarded upstream.
     own_cookies: frozenset[str]
+    # Drops upstream Set-Cookie lines for own_cookies.
+    response_guard: ResponseGuard
+    # headers.origin_of(config.public_url): WebSockets may be opened from it.
+    public_origin: str | None
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

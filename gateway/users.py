@@ -31,7 +31,7 @@ from typing import Any
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .config import ConfigError, Section, read_yaml
+from .config import ConfigError, Section, bad_role, read_yaml
 
 log = logging.getLogger("gateway.users")
 
@@ -77,6 +77,12 @@ def parse_users(data: Any, where: str) -> dict[str, User]:
         user = User(username=username, password_hash=password_hash,
                     email=entry.str("email", ""), name=entry.str("name", ""),
                     roles=entry.str_list("roles"), disabled=entry.bool("disabled", False))
+        for i, role in enumerate(user.roles):
+            if bad_role(role):
+                # X-Auth-Roles is a comma-separated list: "staff,admin" would
+                # reach the upstream as two roles, one of them never granted.
+                entry.problem(f"roles[{i}]", f"role {role!r} of user {username!r} must not "
+                                             "contain ',', whitespace or control characters")
         entry.done()
         if username and user.key in users:
             entry.problem("username", f"duplicate user {username!r} (usernames ignore case)")

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import Config
-from .errors import error_response, json_error, json_response, store_unavailable
+from .errors import (error_response, json_error, json_response, store_unavailable,
+                     unsupported_version)
 from .headers import client_ip, cookie_value
 from .pipeline import NOTICE_COOKIE, set_notice
 from .redirects import safe_redirect
@@ -80,11 +81,19 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
     for path, methods in endpoints.items():
         for method, handler in methods.items():
             if method == "GET":  # and HEAD
-                app.router.add_get(config.prefix + path, handler)
+                app.router.add_get(config.prefix + path, _http1(handler))
             else:
-                app.router.add_route(method, config.prefix + path, handler)
+                app.router.add_route(method, config.prefix + path, _http1(handler))
         # Any other method: 405 here, rather than falling through to the proxy.
-        app.router.add_route("*", config.prefix + path, _method_not_allowed(set(methods)))
+        app.router.add_route("*", config.prefix + path,
+                             _http1(_method_not_allowed(set(methods))))
+
+
+def _http1(handler: Handler) -> Handler:
+    """HTTP/0.9-style and "HTTP/2.0" request lines are refused, as on the proxy path."""
+    async def checked(request: web.Request) -> web.StreamResponse:
+        return unsupported_version(request) or await handler(request)
+    return checked
 
 
 def _method_not_allowed(methods: set[str]) -> Handler:

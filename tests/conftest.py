@@ -171,6 +171,10 @@ def upstream_app() -> web.Application:
                    ("X-Kept", "yes")]
         return web.Response(status=302, body=b"\x1f\x8bnot-really-gzip", headers=headers)
 
+    async def response_headers(request: web.Request) -> web.Response:
+        """httpbin's /response-headers: every query parameter becomes a response header."""
+        return web.Response(text="reflected", headers=list(request.query.items()))
+
     async def ws(request: web.Request) -> web.WebSocketResponse:
         sock = web.WebSocketResponse(protocols=("chat",))
         await sock.prepare(request)
@@ -188,6 +192,7 @@ def upstream_app() -> web.Application:
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)
     app.router.add_get("/special", special)
+    app.router.add_get("/response-headers", response_headers)
     app.router.add_get("/ws", ws)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app

@@ -93,6 +93,27 @@ BAD = [
     ({"limits": {"max_body_size": "1.5GiB"}},
      ["limits.max_body_size: must be a size like 64KiB, 100MiB or 1GiB (got '1.5GiB')"]),
     ({"limits": {"max_header_size": "1MiB"}}, ["limits.max_header_size: must be at most 60KiB"]),
+    ({"limits": {"header_timeout": "0.5s"}},
+     ["limits.header_timeout: must be at least 1s (got '0.5s')"]),
+    # roles travel as one comma-separated header: no separators inside a role
+    ({"upstreams": [up(rules=[{"path": "/a", "roles": ["staff,admin"]}])]},
+     ["upstreams[0].rules[0].roles[0]: must not contain ',', whitespace or control "
+      "characters (got 'staff,admin')"]),
+    ({"upstreams": [up(rules=[{"path": "/a", "roles": ["ok", "two words"]}])]},
+     ["upstreams[0].rules[0].roles[1]: must not contain ',', whitespace or control "
+      "characters (got 'two words')"]),
+    # WebSocket origins are origins, not URLs with paths
+    ({"upstreams": [up(websocket_origins=["https://a.example/app"])]},
+     ["upstreams[0].websocket_origins: 'https://a.example/app' is not an origin like "
+      "https://app.example.com (got ['https://a.example/app'])"]),
+    ({"upstreams": [up(websocket_origins="https://a.example")]},
+     ["upstreams[0].websocket_origins: must be a list of origins like "
+      "https://app.example.com (got 'https://a.example')"]),
+    ({"upstreams": [up(websocket_origins=["null"])]},
+     ["upstreams[0].websocket_origins: 'null' is not an origin like "
+      "https://app.example.com (got ['null'])"]),
+    ({"upstreams": [up(allow_path_parameters="yes")]},
+     ["upstreams[0].allow_path_parameters: must be true or false (got 'yes')"]),
     # listen
     ({"listen": "127.0.0.1"},
      ["listen: must be host:port, like 127.0.0.1:8080 (got '127.0.0.1')"]),

@@ -9,7 +9,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config import IdentityHeaders
-from gateway.headers import (client_ip, connection_tokens, cookie_value,
+from gateway.headers import (client_ip, connection_tokens, cookie_key, cookie_value,
+                             private_cache_control,
                              downstream_response_headers, fold, safe_header_value,
                              strip_cookie, upstream_request_headers)
 
@@ -18,6 +19,7 @@ PROXIES = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/
            ipaddress.ip_network("::1/128"))
 STRIP = frozenset(fold(n) for n in IdentityHeaders().names())
 OWN_COOKIES = frozenset({"gateway_session", "gateway_form", "gateway_notice"})
+OWN_KEYS = frozenset(cookie_key(c) for c in OWN_COOKIES | {"__Host-gateway_session"})
 
 
 def outgoing(pairs: list[tuple[str, str]], *, peer: str = "192.0.2.7", client: str | None = None,
@@ -233,7 +235,8 @@ def test_downstream_keeps_end_to_end_headers() -> None:
         ("Keep-Alive", "timeout=5"), ("Transfer-Encoding", "chunked"), ("Trailer", "X-T"),
         ("Upgrade", "h2c"), ("Proxy-Connection", "keep-alive"), ("X-Kept", "yes"),
     ])
-    out = downstream_response_headers(incoming)
+    out, tossed = downstream_response_headers(incoming, OWN_KEYS)
+    assert not tossed
     assert out.getall("Set-Cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
     assert out.getall("Location") == ["http://elsewhere.example/x?y=1"]
     assert out.getall("Content-Encoding") == ["gzip"]
@@ -252,8 +255,95 @@ def test_downstream_keeps_end_to_end_headers() -> None:
     ("nul\x00here", "nul here"),
     ("del\x7f", "del "),
     ("Zoë Ünïcode", "Zoë Ünïcode"),
+    ("next\u0085line", "next line"),
+    ("line\u2028sep", "line sep"),
+    ("para\u2029sep", "para sep"),
+    ("c1\x9bcsi", "c1 csi"),
 ])
 def test_safe_header_value(value: str, expected: str) -> None:
     result = safe_header_value(value)
     assert result == expected
     assert "\r" not in result and "\n" not in result
+
+
+# -- the gateway's own cookies, set by an upstream ------------------------------------
+
+@pytest.mark.parametrize("line", [
+    "gateway_session=bobs-token; Path=/",
+    "GATEWAY_SESSION=x; Path=/",
+    "Gateway_Session=x",
+    "__Host-gateway_session=x; Path=/; Secure",
+    "__host-GATEWAY_SESSION=x; Secure",
+    "__Secure-gateway_session=x; Secure",
+    " gateway_session =x",
+    "gateway_form=x; Path=/_gateway",
+    "gateway_notice=expired; Path=/_gateway",
+    "=gateway_session=bobs-token; Path=/",   # nameless: sent back as gateway_session=...
+    "gateway_session",                        # no '=': a nameless cookie with that value
+    "gateway_session=",
+])
+def test_upstream_cannot_set_gateway_cookies(line: str) -> None:
+    incoming = CIMultiDict([("Set-Cookie", "app=1; Path=/"), ("Set-Cookie", line),
+                            ("X-Kept", "yes")])
+    out, tossed = downstream_response_headers(incoming, OWN_KEYS)
+    assert tossed
+    assert out.getall("Set-Cookie") == ["app=1; Path=/"]
+    assert out["X-Kept"] == "yes"
+
+
+@pytest.mark.parametrize("line", [
+    "gateway_sessions=x", "my_gateway_session=x", "session=gateway_session",
+    "a=gateway_session=x", "gateway=1",
+])
+def test_upstream_cookies_with_other_names_pass(line: str) -> None:
+    out, tossed = downstream_response_headers(CIMultiDict([("Set-Cookie", line)]), OWN_KEYS)
+    assert not tossed
+    assert out.getall("Set-Cookie") == [line]
+
+
+# -- shared caches and signed-in responses ----------------------------------------------
+
+@pytest.mark.parametrize("value, expected", [
+    ("public, max-age=600", "private, max-age=600"),
+    ("PUBLIC", "private"),
+    ("max-age=60, public", "private, max-age=60"),
+    ("public, s-maxage=600, max-age=60", "private, max-age=60"),
+    ("s-maxage=600", "private"),
+    ("private, public", "private"),
+    ("no-store", "no-store"),
+    ("max-age=60", "max-age=60"),
+    ("private, max-age=60", "private, max-age=60"),
+    ("no-cache, must-revalidate", "no-cache, must-revalidate"),
+])
+def test_private_cache_control(value: str, expected: str) -> None:
+    assert private_cache_control(value) == expected
+
+
+def test_cache_control_rewritten_only_when_private() -> None:
+    incoming = CIMultiDict([("Cache-Control", "public, max-age=600")])
+    shared, _ = downstream_response_headers(incoming, OWN_KEYS)
+    assert shared.getall("Cache-Control") == ["public, max-age=600"]
+    private, _ = downstream_response_headers(incoming, OWN_KEYS, private=True)
+    assert private.getall("Cache-Control") == ["private, max-age=600"]
+    silent, _ = downstream_response_headers(CIMultiDict([("X-A", "1")]), OWN_KEYS, private=True)
+    assert "Cache-Control" not in silent
+
+
+# -- rewrite and client-address headers ----------------------------------------------
+
+@pytest.mark.parametrize("name", ["X-Original-URL", "x-rewrite-url", "X_Original_URI",
+                                  "X-Forwarded-Prefix", "X-Forwarded-Uri", "x.original.url"])
+@pytest.mark.parametrize("trusted", [(), PROXIES])
+def test_rewrite_headers_never_forwarded(name: str, trusted: tuple[Any, ...]) -> None:
+    out = outgoing([(name, "/admin/x"), ("X-Kept", "1")], peer="127.0.0.1", trusted=trusted)
+    assert fold(name) not in names(out)
+    assert out["X-Kept"] == "1"
+
+
+@pytest.mark.parametrize("name", ["True-Client-IP", "CF-Connecting-IP", "X-Client-IP",
+                                  "X-Cluster-Client-IP", "true_client_ip", "x.client.ip"])
+def test_client_address_headers_only_from_trusted_proxies(name: str) -> None:
+    untrusted = outgoing([(name, "10.9.9.9")], peer="192.0.2.7", trusted=PROXIES)
+    assert fold(name) not in names(untrusted)
+    trusted = outgoing([(name, "10.9.9.9")], peer="127.0.0.1", trusted=PROXIES)
+    assert trusted[name] == "10.9.9.9"

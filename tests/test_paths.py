@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.paths import BadPath, has_prefix, normalize_path
+from gateway.paths import BadPath, has_prefix, normalize_path, without_path_parameters
 
 
 @pytest.mark.parametrize("raw, decoded, encoded", [
@@ -132,3 +132,18 @@ def test_normalize_refuses(raw: str, why: str) -> None:
 ])
 def test_has_prefix(path: str, prefix: str, expected: bool) -> None:
     assert has_prefix(path, prefix) is expected
+
+
+@pytest.mark.parametrize("path, servlet", [
+    ("/;/admin/x", "/admin/x"),
+    ("/;x=1/admin/x", "/admin/x"),
+    ("/;jsessionid=1/admin/x", "/admin/x"),
+    ("/admin;x/y", "/admin/y"),
+    ("/admin;x", "/admin"),
+    ("/a;b/", "/a/"),
+    ("/a/;x", "/a/"),
+    ("/;", "/"),
+    ("/plain/path", "/plain/path"),
+])
+def test_without_path_parameters(path: str, servlet: str) -> None:
+    assert without_path_parameters(path) == servlet
