@@ -34,6 +34,7 @@ REWRITES = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri",
 # it before the handler runs); passed on, the upstream client would wait for
 # a 100 Continue that an upstream ignoring Expect never sends.
 _NOT_FORWARDED = HOP_BY_HOP | FORWARDED | REWRITES | {"expect", "host"}
+_NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | CLIENT_ADDRESS
 
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators that
@@ -114,12 +115,11 @@ def upstream_request_headers(
     """
     dropped = connection_tokens(incoming)
     from_trusted = _trusted(peer or "", trusted)
-    if not from_trusted:
-        dropped |= CLIENT_ADDRESS
+    never = _NOT_FORWARDED if from_trusted else _NOT_FORWARDED_UNTRUSTED
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         folded = fold(name)
-        if folded in _NOT_FORWARDED or folded in strip or folded in dropped:
+        if folded in never or folded in strip or folded in dropped:
             continue
         if folded == "cookie":
             value = strip_cookie(value, drop_cookies)
@@ -151,18 +151,18 @@ def downstream_response_headers(incoming: CIMultiDict[str], own_cookies: frozens
     Returns the headers and whether a gateway cookie was dropped.
     """
     dropped = connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
+    out = CIMultiDict((k, v) for k, v in incoming.items()
+                      if (f := fold(k)) not in HOP_BY_HOP and f not in dropped)
     tossed = False
-    for k, v in incoming.items():
-        f = fold(k)
-        if f in HOP_BY_HOP or f in dropped:
-            continue
-        if f == "set-cookie" and set_cookie_names(v) & own_cookies:
-            tossed = True
-            continue
-        if private and f == "cache-control":
-            v = private_cache_control(v)
-        out.add(k, v)
+    if "Set-Cookie" in out:
+        lines = out.popall("Set-Cookie")
+        for line in lines:
+            if set_cookie_names(line) & own_cookies:
+                tossed = True
+            else:
+                out.add("Set-Cookie", line)
+    if private and "Cache-Control" in out:
+        out["Cache-Control"] = private_cache_control(", ".join(out.popall("Cache-Control")))
     return out, tossed
 
 

@@ -74,7 +74,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     user_agent = request.headers.get("User-Agent", "")
     identity: Identity | None = None
     token: str | None = None
-    if not (is_public(upstream, path) and is_public(upstream, servlet_path)):
+    if not (is_public(upstream, path)
+            and (servlet_path is path or is_public(upstream, servlet_path))):
         token = cookie_value(request.headers.get("Cookie"), config.cookie_name)
         try:
             identity = await gw.sessions.authenticate(token, ip=ip, user_agent=user_agent)
@@ -84,7 +85,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return store_unavailable(request)
         # 5. What the path demands of the user.
         roles = identity.user.roles
-        if missing_roles(upstream, path, roles) or missing_roles(upstream, servlet_path, roles):
+        if missing_roles(upstream, path, roles) or (
+                servlet_path is not path and missing_roles(upstream, servlet_path, roles)):
             return error_response(request, 403, "FORBIDDEN",
                                   "Your account does not have access to this page.")
 
