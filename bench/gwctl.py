@@ -145,33 +145,17 @@ def bulk_create(gw: GatewayConfig, count: int, procs: int | None = None) -> floa
 PER_USER = 4
 
 
-def _bulk_session(i: int, now: float, cls=None):  # type: ignore[no-untyped-def]
-    if cls is None:
-        from gateway.store import Session as cls
-    return cls(id=secrets.token_urlsafe(32), username=f"bulk{i // PER_USER}",
+def _bulk_session(i: int, now: float):  # type: ignore[no-untyped-def]
+    from gateway.store import Session
+    return Session(id=secrets.token_urlsafe(32), username=f"bulk{i // PER_USER}",
                created_at=now, last_seen_at=now, expires_at=now + 43200,
                idle_timeout=1800, login_ip="127.0.0.1", login_user_agent="bench",
                ip="127.0.0.1", user_agent="bench")
 
 
-def _fast_session_class():  # type: ignore[no-untyped-def]
-    """``Session`` with a cheaper ``dumps`` (``dataclasses.asdict`` is half the
-    loading time), used only if it writes byte-identical records."""
-    import dataclasses
-    from gateway.store import Session
-    names = [f.name for f in dataclasses.fields(Session)]
-
-    class FlatSession(Session):
-        def dumps(self) -> str:
-            return json.dumps({n: getattr(self, n) for n in names}, separators=(",", ":"))
-
-    sample = _bulk_session(0, time.time())
-    same = FlatSession(**dataclasses.asdict(sample)).dumps() == sample.dumps()
-    return FlatSession if same else Session
-
-
 class _Recorder:
-    """Stands in for the redis client: scripts record their call as RESP bytes."""
+    """Stands in for the redis client: scripts and pipelined commands record
+    their call as RESP bytes (every reply is taken as success)."""
 
     def __init__(self) -> None:
         self.out: list[bytes] = []
@@ -183,8 +167,34 @@ class _Recorder:
 
         async def call(keys=(), args=(), client=None):  # type: ignore[no-untyped-def]
             self.out.append(_resp("EVALSHA", sha, len(keys), *keys, *args))
-            return 1
+            return []
         return call
+
+    def pipeline(self, transaction: bool = True) -> "_RecordedPipeline":
+        return _RecordedPipeline(self.out)
+
+
+class _RecordedPipeline:
+    def __init__(self, out: list[bytes]) -> None:
+        self.out = out
+
+    async def __aenter__(self) -> "_RecordedPipeline":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def set(self, key: str, value: str, pxat: int) -> None:
+        self.out.append(_resp("SET", key, value, "PXAT", pxat))
+
+    def zadd(self, key: str, mapping: dict[str, int]) -> None:
+        self.out.append(_resp("ZADD", key, *[x for m, sc in mapping.items() for x in (sc, m)]))
+
+    def zremrangebyscore(self, key: str, low: object, high: object) -> None:
+        self.out.append(_resp("ZREMRANGEBYSCORE", key, low, high))
+
+    async def execute(self) -> list[object]:
+        return []
 
 
 def _resp(*parts: object) -> bytes:
@@ -227,9 +237,8 @@ def _bulk_chunk(job: tuple[str, int, int, int]) -> None:
 
 
 async def _create_many(store, start: int, stop: int, now: float) -> None:  # type: ignore[no-untyped-def]
-    cls = _fast_session_class()
     for i in range(start, stop):
-        await store.create(_bulk_session(i, now, cls))
+        await store.create(_bulk_session(i, now), 0, 86400)
 
 
 async def _check_bulk(gw: GatewayConfig) -> None:
@@ -248,12 +257,14 @@ async def _check_bulk(gw: GatewayConfig) -> None:
 
 
 async def revoke(gw: GatewayConfig, username: str, sid: str) -> None:
-    """Revoke through the store API, as the gateway's own revoke paths do."""
-    from gateway.store import REASON_REVOKED, create_store
-    store = create_store(_config(gw).session)
+    """End a session through the store API, as the gateway's own paths do."""
+    from gateway.store import REVOKED_BY_ADMIN, create_store
+    config = _config(gw).session
+    store = create_store(config)
     try:
-        if not await store.revoke(username, sid, REASON_REVOKED):
-            raise RuntimeError(f"store.revoke found no session {sid}")
+        if not await store.end(username, sid, REVOKED_BY_ADMIN, "bench", time.time(),
+                               config.history):
+            raise RuntimeError(f"store.end found no session {sid}")
     finally:
         await store.close()
 

@@ -364,7 +364,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
                   "still let through (served from a stale cache); 0 is the goal.",
                   f"'gateway sessions revoke --id' took {cli['seconds']:.2f} s wall (process start "
                   f"included), exit {cli['exit']}, the session then answered {cli['status_after']}"]
-        out.append(Table(f"6. Revocation: store.revoke() returned -> first 401 on every worker "
+        out.append(Table(f"6. Revocation: store.end() returned -> first 401 on every worker "
                          f"({s6['connections']} keep-alive connections polling)",
                          ["gateway, trial", "last worker ms", "per worker ms", "poll round trip ms",
                           "connections per worker", "200s after revoke"], rows, notes))
@@ -470,7 +470,7 @@ Each scenario first warms every contender up, then runs interleaved rounds
    `gateway sessions revoke --id` against the large store.
 6. **Revocation**: a fresh session is polled back to back on 64 keep-alive
    connections (mapped to gateway worker processes through `/proc/net/tcp`);
-   `store.revoke()` is called, and for every worker the time from the call's
+   `store.end()` is called, and for every worker the time from the call's
    return to the first 401 on one of its connections is taken; the table shows
    the slowest worker per trial (after one warm-up trial). Requests still
    queued in a worker when the revoke returns are answered after it, so the

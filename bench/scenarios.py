@@ -430,9 +430,10 @@ def _revocation_trial(env: Env, cfg: gwctl.GatewayConfig, svc: Service) -> dict[
     headers = {"Cookie": cookie, "Accept": "application/json"}
 
     async def run() -> dict[str, Any]:
-        from gateway.store import REASON_REVOKED, create_store
         from gateway.config import load_config
-        store = create_store(load_config(cfg.path).session)
+        from gateway.store import REVOKED_BY_ADMIN, create_store
+        session_config = load_config(cfg.path).session
+        store = create_store(session_config)
         await store.ping()
         stop = asyncio.Event()
         poller = asyncio.ensure_future(poll_keepalive(
@@ -440,8 +441,9 @@ def _revocation_trial(env: Env, cfg: gwctl.GatewayConfig, svc: Service) -> dict[
         try:
             await asyncio.sleep(0.5)
             owners = await asyncio.to_thread(probe.connection_owners, workers, cfg.port)
-            if not await store.revoke(username, sid, REASON_REVOKED):
-                raise RuntimeError("store.revoke found no session")
+            if not await store.end(username, sid, REVOKED_BY_ADMIN, "bench", time.time(),
+                                   session_config.history):
+                raise RuntimeError("store.end found no session")
             t_ret = time.monotonic()
             await asyncio.sleep(1.0)
         finally:

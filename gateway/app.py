@@ -1,39 +1,44 @@
 """``create_app(config)``: the whole gateway of one worker, assembled in one place.
 
-    /_gateway/...   the gateway's own pages and APIs (views.py), with their
-                    form-state middleware (aiohttp-session) scoped to them
-    everything else the proxy pipeline (pipeline.handle), no middleware:
-                    it reads top to bottom in one function
+    /_gateway/...   the gateway's own pages and APIs (web/routes.py), with
+                    their form-state middleware (aiohttp-session) scoped to
+                    the two forms
+    everything else the proxy pipeline (proxy/pipeline.handle), no
+                    middleware: it reads top to bottom in one function
 
-Clients (the upstream ClientSession, the session store) are opened and
-closed in ``cleanup_ctx``, so tests and workers get the same lifecycle.
+Clients (the upstream ClientSession, the session store) and every
+background task are opened in ``cleanup_ctx`` and closed or cancelled there,
+so tests and workers get the same lifecycle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from .access import Router
-from .assertion import AssertionSigner, assertion_key_path, load_or_create_key
+from .proxy.access import Router
+from .auth.assertion import AssertionSigner, assertion_key_path, load_or_create_key
 from .config import Config, IdentityHeaders, origin_of
-from .headers import fold
-from .pipeline import NOTICE_COOKIE, handle
-from .proxy import ResponseGuard, new_client_session
-from .sessions import SessionManager
-from .state import GATEWAY, Gateway
-from .store import REASON_DISABLED, SessionStore, StoreUnavailable, create_store
-from .users import UserDirectory
-from .views import FORM_COOKIE, add_gateway_routes
+from .proxy.headers import fold
+from .proxy.pipeline import handle
+from .proxy.forward import ResponseGuard, new_client_session
+from .auth.cookies import NOTICE_COOKIE
+from .auth.sessions import USERS_FILE, SessionService
+from .state import GATEWAY, Background, Gateway
+from .store import USER_DISABLED, SessionStore, StoreUnavailable, create_store
+from .auth.users import UserDirectory
+from .web.routes import FORM_COOKIE, add_gateway_routes
 
 log = logging.getLogger("gateway")
 
 
-def create_app(config: Config, store: SessionStore | None = None) -> web.Application:
-    """Build one worker's application; ``store`` overrides the configured one (tests)."""
+def create_app(config: Config, store: SessionStore | None = None,
+               clock: Callable[[], float] = time.time) -> web.Application:
+    """Build one worker's application; ``store`` and ``clock`` are for tests."""
     # client_max_size bounds what the gateway's own pages read (forms, JSON);
     # proxied bodies stream and never count against it.
     # keepalive_timeout doubles as the header-read timeout: aiohttp closes a
@@ -42,36 +47,37 @@ def create_app(config: Config, store: SessionStore | None = None) -> web.Applica
                                         "max_line_size": 16 * 2**10,
                                         "keepalive_timeout": config.limits.header_timeout},
                           client_max_size=64 * 2**10)
-    users = UserDirectory(config.users_file)
     signer = AssertionSigner(load_or_create_key(assertion_key_path(config)),
                              issuer=config.public_url, lifetime=config.assertion.lifetime)
-
     own_cookies = frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE})
+    users = UserDirectory(config.users_file)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        session_store = store or create_store(config.session)
+        session_store = store or create_store(config.session, clock)
+        background = Background()
         client = new_client_session()
         gw = Gateway(
             config=config, router=Router(config.upstreams), users=users,
-            store=session_store, sessions=SessionManager(config, session_store, users),
-            signer=signer, client=client,
+            store=session_store,
+            sessions=SessionService(config, session_store, users, clock),
+            signer=signer, client=client, background=background,
             strip_headers=frozenset(fold(n) for n in
                                     (*config.headers.names(), *IdentityHeaders().names())),
             own_cookies=own_cookies,
             response_guard=ResponseGuard(own_cookies),
             public_origin=origin_of(config.public_url))
         app[GATEWAY] = gw
-        users.on_lost = lambda keys: _end_sessions_of(gw, keys)
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(gw.sessions.follow_revocations()),
-                 loop.create_task(_watch_users_file(users))]
-        yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
-        await session_store.close()
-        users.close()
+        users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),
+                                                      "end sessions of lost users")
+        background.spawn(gw.sessions.follow_revocations(), "revocation feed")
+        background.spawn(_watch_users_file(users), "users file")
+        try:
+            yield
+        finally:
+            await background.close()
+            await client.close()
+            await session_store.close()
+            users.close()
 
     app.cleanup_ctx.append(resources)
     add_gateway_routes(app, config)
@@ -88,18 +94,11 @@ async def _watch_users_file(users: UserDirectory) -> None:
         users.all()
 
 
-_background: set[asyncio.Task[None]] = set()
-
-
-def _end_sessions_of(gw: Gateway, keys: set[str]) -> None:
+async def _end_sessions_of(gw: Gateway, keys: set[str]) -> None:
     """Users removed or disabled in the users file lose every session."""
-    async def run() -> None:
-        for key in keys:
-            try:
-                ended = await gw.store.revoke_user(key, REASON_DISABLED)
-                log.info("user %s disabled or removed: %d sessions ended", key, ended)
-            except StoreUnavailable:
-                log.warning("could not end sessions of disabled user %s: store unavailable", key)
-    task = asyncio.get_running_loop().create_task(run())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    for key in keys:
+        try:
+            ended = await gw.sessions.end_all(key, USER_DISABLED, USERS_FILE)
+            log.info("user %s disabled or removed: %d sessions ended", key, ended)
+        except StoreUnavailable:
+            log.warning("could not end sessions of disabled user %s: store unavailable", key)

@@ -7,17 +7,37 @@ import asyncio
 import getpass
 import sys
 import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 
 from .config import Config, ConfigError, default_config_path, load_config
-from .users import canonical_username, load_users_file
+from .auth.users import canonical_username, load_users_file
+
+if TYPE_CHECKING:
+    from .store import Session, SessionStore
 
 
 def _load(path: str | None) -> Config:
-    """The config and its users file, fully validated, or ConfigError."""
-    config = load_config(path or default_config_path())
-    load_users_file(config.users_file)
+    """The config and its users file, fully validated, or one ConfigError with
+    every problem of both (the users file is checked even when the config has
+    other problems, as long as ``users.file`` itself could be read)."""
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = load_config(path or default_config_path())
+        users_file = config.users_file
+    except ConfigError as exc:
+        problems += exc.problems
+        users_file = exc.users_file
+    if users_file is not None:
+        try:
+            load_users_file(users_file)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems or config is None:
+        raise ConfigError(problems)
     return config
 
 
@@ -79,29 +99,50 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 async def _sessions(config: Config, args: argparse.Namespace) -> int:
-    from .store import REASON_REVOKED, StoreUnavailable, create_store
+    from .auth.sessions import SessionService
+    from .store import REVOKED_BY_ADMIN, StoreUnavailable, create_store
     store = create_store(config.session)
+    # The same lifecycle as the running gateway: ended records, the feed to
+    # every worker's cache, one event; the actor is the CLI.
+    service = SessionService(config, store, users=None)
     try:
         if args.action == "list":
-            sessions = (await store.user_sessions(canonical_username(args.user)) if args.user
-                        else await store.all_sessions())
             print(f"{'ID':<44} {'USER':<20} {'CREATED':<20} {'LAST SEEN':<20} IP")
-            for s in sessions:
+            async for s in _every_session(store, args.user):
                 print(f"{s.id:<44} {s.username:<20} {_when(s.created_at):<20} "
                       f"{_when(s.last_seen_at):<20} {s.ip}")
             return 0
         if args.user:
-            ended = await store.revoke_user(canonical_username(args.user), REASON_REVOKED)
+            ended = await service.end_all(canonical_username(args.user), REVOKED_BY_ADMIN, "cli")
         else:
             found = await store.find(args.id)
-            ended = int(bool(found and await store.revoke(found.username, found.id, REASON_REVOKED)))
+            ended = int(bool(found and await service.end(found.username, found.id,
+                                                         REVOKED_BY_ADMIN, "cli")))
         print(f"revoked {ended} session{'s' if ended != 1 else ''}")
         return 0 if ended or args.user else 1
     except StoreUnavailable:
-        print(f"session.redis.url: the session store is unreachable", file=sys.stderr)
+        print("session.redis.url: the session store is unreachable", file=sys.stderr)
         return 1
     finally:
         await store.close()
+
+
+async def _every_session(store: SessionStore, user: str | None) -> AsyncIterator[Session]:
+    """Live sessions, a page at a time: one user's, or everybody's."""
+    now = time.time()
+    if user:
+        for session in await store.user_sessions(canonical_username(user)):
+            if session.alive(now):
+                yield session
+        return
+    cursor = None
+    while True:
+        page = await store.list_sessions(cursor, 500)
+        for session in page.sessions:
+            yield session
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
 
 
 def _when(ts: float) -> str:

@@ -1,7 +1,9 @@
 """Small error responses: HTML for browsers, JSON for everything else.
 
 Never a stack trace: every status the gateway itself produces goes through
-here with a fixed code and a message written for the person reading it.
+here, with a code and the one wording ``MESSAGES`` gives that code
+everywhere. Only the refusals that depend on which rule refused
+(BAD_REQUEST, FORBIDDEN, METHOD_NOT_ALLOWED) say which, in place of it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,29 @@ import json
 
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
+
+# One wording per error code, wherever it is answered.
+MESSAGES = {
+    "BAD_REQUEST": "The request is malformed.",
+    "NOT_FOUND": "Nothing is served at this address.",
+    "METHOD_NOT_ALLOWED": "This method is not allowed here.",
+    "FORBIDDEN": "You do not have access to this.",
+    "REQUEST_TIMEOUT": "The request body did not arrive in time.",
+    "PAYLOAD_TOO_LARGE": "The request body is larger than this gateway accepts.",
+    "HEADERS_TOO_LARGE": "The request headers are larger than this gateway accepts.",
+    "HTTP_VERSION_NOT_SUPPORTED": "Only HTTP/1.0 and HTTP/1.1 are spoken here.",
+    "INVALID_CREDENTIALS": "Invalid username or password.",
+    "SESSION_NOT_FOUND": "A valid session is required.",
+    "SESSION_EXPIRED": "A valid session is required.",
+    "SESSION_REVOKED": "A valid session is required.",
+    "SESSION_INVALID": "A valid session is required.",
+    "JWT_INVALID": "A valid session is required.",
+    "STORE_UNAVAILABLE": "Sign-in is unavailable right now. Please try again shortly.",
+    "UPSTREAM_UNAVAILABLE": "The application is not reachable right now.",
+    "UPSTREAM_TIMEOUT": "The application did not answer in time.",
+}
+# The codes whose message says which rule refused (see the module docstring).
+_SPECIFIC = frozenset({"BAD_REQUEST", "FORBIDDEN", "METHOD_NOT_ALLOWED"})
 
 TITLES = {
     400: "Bad request", 401: "Sign-in required", 403: "Forbidden",
@@ -48,11 +73,17 @@ def json_response(status: int, body: dict, headers: dict | None = None) -> web.R
                         content_type="application/json", headers=headers)
 
 
-def json_error(status: int, code: str, message: str,
+def message_for(code: str, detail: str | None) -> str:
+    if detail is not None and code not in _SPECIFIC:
+        raise ValueError(f"{code} has one wording: {MESSAGES[code]!r}")
+    return detail or MESSAGES[code]
+
+
+def json_error(status: int, code: str, detail: str | None = None,
                headers: dict | None = None) -> web.Response:
-    """``{"error": code, "message": message}``; rejections are most of an attack's
+    """``{"error": code, "message": ...}``; rejections are most of an attack's
     traffic, so each distinct body is encoded once."""
-    return web.Response(status=status, body=_error_body(code, message),
+    return web.Response(status=status, body=_error_body(code, message_for(code, detail)),
                         content_type="application/json", charset="utf-8", headers=headers)
 
 
@@ -76,16 +107,14 @@ def unsupported_version(request: web.BaseRequest) -> web.Response | None:
         refusal = error_response(request, 400, "BAD_REQUEST",
                                  "The request line has no HTTP version.")
     else:
-        refusal = error_response(request, 505, "HTTP_VERSION_NOT_SUPPORTED",
-                                 "Only HTTP/1.0 and HTTP/1.1 are spoken here.")
+        refusal = error_response(request, 505, "HTTP_VERSION_NOT_SUPPORTED")
     refusal.force_close()
     return refusal
 
 
 def store_unavailable(request: web.BaseRequest) -> web.Response:
     """The session store did not answer: fail closed, say so plainly."""
-    return error_response(request, 503, "STORE_UNAVAILABLE",
-                          "Sign-in is unavailable right now. Please try again shortly.")
+    return error_response(request, 503, "STORE_UNAVAILABLE")
 
 
 @functools.lru_cache(maxsize=256)
@@ -94,12 +123,12 @@ def _error_body(code: str, message: str) -> bytes:
 
 
 def error_response(request: web.BaseRequest, status: int, code: str,
-                   message: str, headers: dict | None = None) -> web.Response:
+                   detail: str | None = None, headers: dict | None = None) -> web.Response:
     """``{"error": code, "message": ...}`` or a one-paragraph HTML page."""
     headers = {"Cache-Control": "no-store", **(headers or {})}
     if wants_html(request):
         page = _PAGE.format(status=status, title=TITLES.get(status, "Error"),
-                            message=html.escape(message))
+                            message=html.escape(message_for(code, detail)))
         return web.Response(status=status, text=page, content_type="text/html",
                             headers=headers)
-    return json_error(status, code, message, headers)
+    return json_error(status, code, detail, headers)

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .assertion import assertion_key_path, load_or_create_key
+from .auth.assertion import assertion_key_path, load_or_create_key
 from .config import Config
 
 log = logging.getLogger("gateway")
@@ -83,13 +83,19 @@ def run_worker(config: Config, reuse_port: bool, parent: int | None = None) -> N
     from aiohttp import web
 
     from .app import create_app
+    from .state import GATEWAY
 
     configure_logging(config.log_level)
     app = create_app(config)
-    if parent is not None:
-        app.on_startup.append(lambda _app: _watch_parent(parent))
-    if trim_heap is not None:
-        app.on_startup.append(lambda _app: _every(TRIM_EVERY, trim_heap))
+
+    async def start_watchers(app: web.Application) -> None:
+        # Owned by the app's background set: cancelled and awaited at cleanup.
+        background = app[GATEWAY].background
+        if parent is not None:
+            background.spawn(_watch_parent(parent), "parent watch")
+        if trim_heap is not None:
+            background.spawn(_every(TRIM_EVERY, trim_heap), "heap trim")
+    app.on_startup.append(start_watchers)
     host, port = config.listen
     web.run_app(app, host=host, port=port, reuse_port=reuse_port or None,
                 shutdown_timeout=config.shutdown_timeout, print=None,
@@ -99,23 +105,16 @@ def run_worker(config: Config, reuse_port: bool, parent: int | None = None) -> N
 
 async def _watch_parent(parent: int) -> None:
     """A worker whose parent died (even by SIGKILL) shuts down gracefully."""
-    async def watch() -> None:
-        while os.getppid() == parent:
-            await asyncio.sleep(1)
-        log.warning("the gateway's main process is gone; this worker stops")
-        os.kill(os.getpid(), signal.SIGTERM)
-    _watchers.add(asyncio.get_running_loop().create_task(watch()))
+    while os.getppid() == parent:
+        await asyncio.sleep(1)
+    log.warning("the gateway's main process is gone; this worker stops")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _every(seconds: float, job: Callable[[], object]) -> None:
-    async def repeat() -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            job()
-    _watchers.add(asyncio.get_running_loop().create_task(repeat()))
-
-
-_watchers: set[asyncio.Task[None]] = set()
+    while True:
+        await asyncio.sleep(seconds)
+        job()
 
 
 def serve(config: Config) -> int:

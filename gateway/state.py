@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from .access import Router
-from .assertion import AssertionSigner
+from .auth.assertion import AssertionSigner
+from .auth.sessions import SessionService
+from .auth.users import UserDirectory
 from .config import Config
-from .proxy import ResponseGuard
-from .sessions import SessionManager
+from .proxy.access import Router
+from .proxy.forward import ResponseGuard
 from .store import SessionStore
-from .users import UserDirectory
+
+log = logging.getLogger("gateway")
+
+
+class Background:
+    """Every task a worker runs beside requests, owned by the app: each is
+    started through here and all are cancelled and awaited at cleanup."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(),
+                      exc_info=task.exception())
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass
@@ -22,16 +54,17 @@ class Gateway:
     router: Router
     users: UserDirectory
     store: SessionStore
-    sessions: SessionManager
+    sessions: SessionService
     signer: AssertionSigner
     client: aiohttp.ClientSession
+    background: Background
     # Folded names of every header that could pass for an identity header.
     strip_headers: frozenset[str]
     # The gateway's own cookies, never forwarded upstream.
     own_cookies: frozenset[str]
     # Drops upstream Set-Cookie lines for own_cookies.
     response_guard: ResponseGuard
-    # headers.origin_of(config.public_url): WebSockets may be opened from it.
+    # config.origin_of(config.public_url): WebSockets may be opened from it.
     public_origin: str | None
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from authkit import api_login, send
 from conftest import seen_headers
-from gateway.headers import fold
+from gateway.proxy.headers import fold
 
 IDENTITY = ("x-auth-user", "x-auth-email", "x-auth-name", "x-auth-roles", "x-auth-session",
             "x-auth-assertion")

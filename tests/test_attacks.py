@@ -132,7 +132,7 @@ async def test_a_role_with_a_separator_never_reaches_the_upstream(
 
 def test_a_role_with_a_separator_is_a_config_error_at_start(tmp_path: Any) -> None:
     from gateway.config import ConfigError
-    from gateway.users import load_users_file
+    from gateway.auth.users import load_users_file
     users = [dict(USERS[0], roles=["staff,admin"])]
     with pytest.raises(ConfigError) as err:
         load_users_file(write_users(tmp_path, users))

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import SECRET, base_config, deep_merge, write_users
 from gateway.config import ConfigError, build_config, load_config, parse_duration, parse_size
-from gateway.users import load_users_file, parse_users
+from gateway.auth.users import load_users_file, parse_users
 
 REPO = Path(__file__).resolve().parent.parent
 DROP = object()  # marks a key to delete from the base config

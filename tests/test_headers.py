@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config import IdentityHeaders
-from gateway.headers import (client_ip, connection_tokens, cookie_key, cookie_value,
+from gateway.proxy.headers import (client_ip, connection_tokens, cookie_key, cookie_value,
                              private_cache_control,
                              downstream_response_headers, fold, safe_header_value,
                              strip_cookie, upstream_request_headers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.paths import BadPath, has_prefix, normalize_path, without_path_parameters
+from gateway.proxy.paths import BadPath, has_prefix, normalize_path, without_path_parameters
 
 
 @pytest.mark.parametrize("raw, decoded, encoded", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -74,7 +75,7 @@ async def test_upload_with_content_length(upstream: Any, make_config: Any,
                                           gateway: Any) -> None:
     client = await proxied(upstream, make_config, gateway)
     payload = bytes(range(251)) * 40_000
-    resp = await client.put("/static/upload", data=payload)
+    resp = await client.put("/static/upload", data=io.BytesIO(payload))
     seen = await resp.json()
     assert seen["method"] == "PUT"
     assert seen["body_size"] == len(payload)
@@ -476,8 +477,8 @@ async def test_header_limit_is_configurable(upstream: Any, make_config: Any,
 
 async def test_413_on_content_length(upstream: Any, make_config: Any, gateway: Any) -> None:
     client = await proxied(upstream, make_config, gateway, limits={"max_body_size": "1MiB"})
-    assert (await client.post("/up", data=b"z" * MiB)).status == 200
-    resp = await client.post("/up", data=b"z" * (MiB + 1))
+    assert (await client.post("/up", data=io.BytesIO(b"z" * MiB))).status == 200
+    resp = await client.post("/up", data=io.BytesIO(b"z" * (MiB + 1)))
     assert resp.status == 413
     assert (await resp.json())["error"] == "PAYLOAD_TOO_LARGE"
 

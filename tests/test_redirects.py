@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from gateway.redirects import safe_redirect
+from gateway.web.redirects import safe_redirect
 
 PUBLIC = "https://gw.example.com"
 ALLOWED = ("app.example.com", "wiki.example.com:8443")

@@ -1,4 +1,8 @@
-"""One store test suite, run against every backend (memory and a real Redis)."""
+"""One store test suite, run against every backend (memory and a real Redis).
+
+Time is an injected clock: expiry, grace and history are tested by moving
+it, not by sleeping.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +15,32 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from conftest import Clock
 from gateway.config import RedisConfig
-from gateway.store import (REASON_DISABLED, REASON_LIMIT, REASON_LOGOUT, REASON_REVOKED,
-                           Session)
-from gateway.store.base import Session as BaseSession
+from gateway.store import (LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT,
+                           USER_DISABLED, EndedSession, Session)
 from gateway.store.memory import MemorySessionStore
 from gateway.store.redis import RedisSessionStore, user_tag
 
+HISTORY = 30 * 86400.0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> Any:
+async def store(request: pytest.FixtureRequest, clock: Clock) -> Any:
     if request.param == "memory":
-        s = MemorySessionStore()
+        s = MemorySessionStore(clock)
         yield s
         await s.close()
         return
     server = request.getfixturevalue("redis_server")
     # A unique prefix per test: no test sees another's keys, nothing to flush.
-    s = RedisSessionStore(RedisConfig(url=server.url, key_prefix=f"t{uuid.uuid4().hex[:12]}"))
+    s = RedisSessionStore(RedisConfig(url=server.url, key_prefix=f"t{uuid.uuid4().hex[:12]}"),
+                          clock=clock)
     yield s
     await s.close()
 
@@ -40,14 +52,12 @@ async def raw_redis(redis_server: Any) -> Any:
     await client.aclose()
 
 
-def make(username: str = "alice", *, idle: float = 600, absolute: float = 3600,
-         age: float = 0.0, idle_left: float | None = None, sid: str | None = None,
-         remember: bool = False) -> Session:
-    """A session created ``age`` seconds ago; ``idle_left`` seconds of idle time left."""
-    now = time.time()
-    last_seen = now if idle_left is None else now - idle + idle_left
+def make(clock: Clock, username: str = "alice", *, idle: float = 600, absolute: float = 3600,
+         age: float = 0.0, sid: str | None = None, remember: bool = False) -> Session:
+    """A session created ``age`` seconds ago and seen just now."""
+    now = clock()
     return Session(id=sid or uuid.uuid4().hex, username=username, created_at=now - age,
-                   last_seen_at=last_seen, expires_at=now - age + absolute,
+                   last_seen_at=now, expires_at=now - age + absolute,
                    idle_timeout=idle, remember=remember, login_ip="10.0.0.1",
                    login_user_agent="UA/1", ip="10.0.0.1", user_agent="UA/1")
 
@@ -56,9 +66,24 @@ def ids(sessions: list[Session]) -> list[str]:
     return [s.id for s in sessions]
 
 
-async def test_create_then_get_returns_the_same_record(store):
-    s = make()
-    await store.create(s)
+async def create(store: Any, *sessions: Session, cap: int = 0) -> list[Session]:
+    evicted: list[Session] = []
+    for s in sessions:
+        evicted += await store.create(s, cap, HISTORY)
+    return evicted
+
+
+async def touch(store: Any, session: Session, **changes: Any) -> bool:
+    for k, v in changes.items():
+        setattr(session, k, v)
+    return await store.touch(session, changes)
+
+
+# -- records ------------------------------------------------------------------------
+
+async def test_create_then_get_returns_the_same_record(store, clock):
+    s = make(clock)
+    await create(store, s)
     got = await store.get("alice", s.id)
     assert got == s
     assert got is not s
@@ -69,215 +94,283 @@ async def test_create_then_get_returns_the_same_record(store):
     ("bob", None),          # the right id under another user: not found
     ("Alice", None),        # usernames in the store are canonical keys already
 ])
-async def test_get_misses(store, username, sid):
-    s = make()
-    await store.create(s)
+async def test_get_misses(store, clock, username, sid):
+    s = make(clock)
+    await create(store, s)
     assert await store.get(username, sid or s.id) is None
 
 
-async def test_touch_persists_last_seen_ip_and_agent(store):
-    s = make(idle_left=300)
-    await store.create(s)
-    s.last_seen_at, s.ip, s.user_agent = time.time(), "10.9.9.9", "UA/2"
-    assert await store.touch(s) is True
+async def test_touch_writes_only_the_fields_it_names(store, clock):
+    s = make(clock)
+    await create(store, s)
+    clock.advance(30)
+    assert await touch(store, s, last_seen_at=clock(), ip="10.9.9.9", user_agent="UA/2")
     got = await store.get("alice", s.id)
-    assert got is not None
-    assert (got.last_seen_at, got.ip, got.user_agent) == (s.last_seen_at, "10.9.9.9", "UA/2")
+    assert (got.last_seen_at, got.ip, got.user_agent) == (clock(), "10.9.9.9", "UA/2")
+    assert (got.login_ip, got.login_user_agent, got.created_at) == ("10.0.0.1", "UA/1",
+                                                                     s.created_at)
 
 
-async def test_touch_extends_the_idle_window(store):
-    s = make(idle=1, idle_left=0.4)
-    await store.create(s)
-    await asyncio.sleep(0.25)
-    s.last_seen_at = time.time()
-    assert await store.touch(s)
-    await asyncio.sleep(0.4)   # past the original idle end, within the new one
-    assert await store.get("alice", s.id) is not None
+async def test_two_workers_touching_different_fields_keep_both(store, clock):
+    """Each worker read the record, then wrote its own change: neither is lost."""
+    s = make(clock)
+    await create(store, s)
+    one, two = await store.get("alice", s.id), await store.get("alice", s.id)
+    clock.advance(20)
+    await asyncio.gather(store.touch(one, {"ip": "10.1.1.1"}),
+                         store.touch(two, {"user_agent": "UA/9", "last_seen_at": clock()}))
+    got = await store.get("alice", s.id)
+    assert (got.ip, got.user_agent, got.last_seen_at) == ("10.1.1.1", "UA/9", clock())
 
 
-async def test_touch_never_recreates_a_revoked_session(store):
-    s = make()
-    await store.create(s)
-    stale = await store.get("alice", s.id)   # a request read it...
-    assert await store.revoke("alice", s.id, REASON_REVOKED)   # ...then it was revoked
-    stale.last_seen_at = time.time()
-    assert await store.touch(stale) is False
+async def test_a_record_from_a_newer_gateway_is_served_and_its_fields_kept(store, clock,
+                                                                          raw_redis):
+    s = make(clock)
+    s.extra = {"device_id": "d-42", "mfa": "totp"}
+    if isinstance(store, RedisSessionStore):
+        # Written by hand, as a newer version would: a version and fields we do not know.
+        fields = {**s.to_fields(), "v": "7"}
+        await raw_redis.hset(store.session_key("alice", s.id), mapping=fields)
+        await raw_redis.pexpire(store.session_key("alice", s.id), 600_000)
+        await raw_redis.zadd(store.index_key("alice"), {s.id: s.expires_at * 1000})
+    else:
+        await create(store, s)
+    got = await store.get("alice", s.id)
+    assert got is not None and got.alive(clock())
+    assert got.extra == {"device_id": "d-42", "mfa": "totp"}
+    clock.advance(20)
+    assert await touch(store, got, last_seen_at=clock())
+    again = await store.get("alice", s.id)
+    assert again.extra == {"device_id": "d-42", "mfa": "totp"}
+    assert again.last_seen_at == clock()
+    ended = await store.end("alice", s.id, LOGOUT, "alice", clock(), HISTORY)
+    assert ended.extra == {"device_id": "d-42", "mfa": "totp"}
+    assert (await store.ended("alice", s.id)).session.extra == ended.extra
+
+
+async def test_a_record_of_the_first_versions_is_served_and_converted(clock, redis_store,
+                                                                     raw_redis):
+    """Before hashes, a session was one JSON string; an upgrade signs nobody out."""
+    store = redis_store
+    s = make(clock)
+    legacy = ('{"id": "%s", "username": "alice", "created_at": %r, "last_seen_at": %r, '
+              '"expires_at": %r, "idle_timeout": 600.0, "remember": false, '
+              '"login_ip": "10.0.0.1", "login_user_agent": "UA/1", "ip": "10.0.0.1", '
+              '"user_agent": "UA/1"}' % (s.id, s.created_at, s.last_seen_at, s.expires_at))
+    await raw_redis.set(store.session_key("alice", s.id), legacy, px=600_000)
+    assert await store.get("alice", s.id) == s
+    clock.advance(20)
+    assert await touch(store, s, last_seen_at=clock())
+    assert await raw_redis.type(store.session_key("alice", s.id)) == b"hash"
+    assert await store.get("alice", s.id) == s
+    assert 0 < await raw_redis.pttl(store.session_key("alice", s.id)) <= 3600_000
+
+
+CORRUPT = [
+    {"id": "x", "username": "alice"},
+    {"id": "x", "username": "alice", "created_at": "a", "last_seen_at": "b",
+     "expires_at": "c", "idle_timeout": "d"},
+    {"id": "x", "username": "alice", "created_at": "1", "last_seen_at": "nan",
+     "expires_at": "9e12", "idle_timeout": "60"},
+    {"id": "x", "username": "alice", "created_at": "1", "last_seen_at": "inf",
+     "expires_at": "9e12", "idle_timeout": "60"},
+]
+
+
+@pytest.mark.parametrize("fields", CORRUPT)
+def test_a_corrupt_record_reads_as_no_session(fields):
+    assert Session.from_fields(fields) is None
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"\xff\xfe", b"[]", b"null", b"{}",
+                                 b'{"id": "x", "username": "alice", "created_at": true,'
+                                 b' "last_seen_at": 1, "expires_at": 9e12, "idle_timeout": 60}'])
+def test_a_corrupt_legacy_record_reads_as_no_session(raw):
+    assert Session.from_json(raw) is None
+
+
+async def test_corrupt_records_in_redis_are_skipped_and_can_be_ended(clock, redis_store,
+                                                                    raw_redis):
+    store = redis_store
+    good = make(clock)
+    await create(store, good)
+    await raw_redis.hset(store.session_key("alice", "bad"), mapping=CORRUPT[1])
+    await raw_redis.pexpire(store.session_key("alice", "bad"), 60_000)
+    await raw_redis.zadd(store.index_key("alice"), {"bad": clock() * 1000 + 60_000})
+    assert await store.get("alice", "bad") is None
+    assert ids(await store.user_sessions("alice")) == [good.id]
+    await store.end("alice", "bad", REVOKED_BY_ADMIN, "cli", clock(), HISTORY)
+    assert await raw_redis.exists(store.session_key("alice", "bad")) == 0
+
+
+# -- ending ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ending, actor", [(LOGOUT, "alice"), (REVOKED_BY_USER, "alice"),
+                                           (REVOKED_BY_ADMIN, "admin:ada"),
+                                           (USER_DISABLED, "users-file")])
+async def test_end_keeps_an_ended_record(store, clock, ending, actor):
+    s, other = make(clock), make(clock)
+    await create(store, s, other)
+    assert await store.ended("alice", s.id) is None
+    clock.advance(5)
+    ended = await store.end("alice", s.id, ending, actor, clock(), HISTORY)
+    assert ended == s
     assert await store.get("alice", s.id) is None
-    assert ids(await store.user_sessions("alice")) == []
-    assert await store.revocation_reason("alice", s.id) == REASON_REVOKED
-
-
-async def test_touch_never_recreates_an_expired_session(store):
-    s = make(idle=1, idle_left=0.2)
-    await store.create(s)
-    await asyncio.sleep(0.35)
-    assert await store.touch(s) is False       # last_seen not moved: its window is over
-    s.last_seen_at = time.time()
-    assert await store.touch(s) is False       # moved: still must not come back
-    assert await store.get("alice", s.id) is None
-
-
-@pytest.mark.parametrize("reason", [REASON_LOGOUT, REASON_REVOKED, REASON_DISABLED, REASON_LIMIT])
-async def test_revoke_leaves_a_tombstone_with_the_reason(store, reason):
-    s, other = make(), make()
-    await store.create(s)
-    await store.create(other)
-    assert await store.revocation_reason("alice", s.id) is None
-    assert await store.revoke("alice", s.id, reason) is True
-    assert await store.get("alice", s.id) is None
-    assert await store.revocation_reason("alice", s.id) == reason
+    record = await store.ended("alice", s.id)
+    assert isinstance(record, EndedSession)
+    assert (record.status, record.reason, record.actor, record.ended_at) == (
+        ending.status, ending.reason, actor, clock())
+    assert record.session == s
     assert ids(await store.user_sessions("alice")) == [other.id]
-    # Revoking again finds nothing and keeps the first reason.
-    assert await store.revoke("alice", s.id, REASON_REVOKED) is False
-    assert await store.revocation_reason("alice", s.id) == reason
+    # Ending again finds nothing and keeps the first record.
+    assert await store.end("alice", s.id, LOGOUT, "alice", clock(), HISTORY) is None
+    assert (await store.ended("alice", s.id)).reason == ending.reason
 
 
-async def test_revoke_of_unknown_session_is_false_and_leaves_no_tombstone(store):
-    assert await store.revoke("alice", "nope", REASON_LOGOUT) is False
-    assert await store.revocation_reason("alice", "nope") is None
-
-
-async def test_revoke_under_the_wrong_user_does_nothing(store):
-    s = make()
-    await store.create(s)
-    assert await store.revoke("mallory", s.id, REASON_REVOKED) is False
+async def test_end_of_an_unknown_session_or_under_another_user_does_nothing(store, clock):
+    s = make(clock)
+    await create(store, s)
+    assert await store.end("alice", "nope", LOGOUT, "alice", clock(), HISTORY) is None
+    assert await store.ended("alice", "nope") is None
+    assert await store.end("mallory", s.id, LOGOUT, "mallory", clock(), HISTORY) is None
     assert await store.get("alice", s.id) == s
 
 
-async def test_revoke_user_keeps_the_one_asked_for(store):
-    sessions = [make(age=3 - i) for i in range(3)]
-    bob = make("bob")
-    for s in [*sessions, bob]:
-        await store.create(s)
-    keep = sessions[1].id
-    assert await store.revoke_user("alice", REASON_REVOKED, keep=keep) == 2
-    assert ids(await store.user_sessions("alice")) == [keep]
-    for s in (sessions[0], sessions[2]):
-        assert await store.revocation_reason("alice", s.id) == REASON_REVOKED
-    assert ids(await store.user_sessions("bob")) == [bob.id]
-    assert await store.revoke_user("alice", REASON_DISABLED) == 1
-    assert await store.user_sessions("alice") == []
+async def test_history_lists_ended_sessions_most_recent_first_within_the_window(store, clock):
+    a, b, c = make(clock), make(clock), make(clock)
+    await create(store, a, b, c)
+    for s in (a, b):
+        clock.advance(60)
+        await store.end("alice", s.id, LOGOUT, "alice", clock(), 3600)
+    assert [e.session.id for e in await store.history("alice", clock() - 3600)] == [b.id, a.id]
+    assert [e.session.id for e in await store.history("alice", clock() - 30)] == [b.id]
+    assert await store.history("bob", 0) == []
 
 
-async def test_user_sessions_oldest_first(store):
-    made = [make(age=a) for a in (5, 50, 1, 20)]
-    for s in made:
-        await store.create(s)
+async def test_touch_never_recreates_an_ended_session(store, clock):
+    s = make(clock)
+    await create(store, s)
+    stale = await store.get("alice", s.id)   # a request read it...
+    await store.end("alice", s.id, REVOKED_BY_USER, "alice", clock(), HISTORY)  # ...then it ended
+    assert await touch(store, stale, last_seen_at=clock()) is False
+    assert await store.get("alice", s.id) is None
+    assert ids(await store.user_sessions("alice")) == []
+
+
+async def test_touch_refuses_a_session_whose_time_is_up(store, clock):
+    s = make(clock, idle=60)
+    await create(store, s)
+    clock.advance(61)
+    assert await touch(store, s, last_seen_at=clock()) is False
+    got = await store.get("alice", s.id)
+    assert got is None or not got.alive(clock())
+
+
+async def test_a_session_past_its_end_is_kept_for_the_grace_then_forgotten(store, clock):
+    s = make(clock, idle=600)
+    await create(store, s)
+    clock.advance(601)
+    got = await store.get("alice", s.id)       # within the grace: there, but not alive
+    assert got is not None and not got.alive(clock()) and got.ending(clock()).reason == "idle"
+    assert await store.find(s.id) is None
+    assert (await store.list_sessions(None, 10)).sessions == []
+    if isinstance(store, MemorySessionStore):    # Redis forgets by its own TTL, in real time
+        clock.advance(600)
+        assert await store.get("alice", s.id) is None
+
+
+async def test_absolute_expiry_despite_activity(store, clock):
+    s = make(clock, idle=60, absolute=100)
+    await create(store, s)
+    for _ in range(3):
+        clock.advance(30)
+        assert await touch(store, s, last_seen_at=clock())
+    clock.advance(15)
+    assert await touch(store, s, last_seen_at=clock()) is False
+    got = await store.get("alice", s.id)
+    assert got is not None and got.ending(clock()).reason == "absolute"
+
+
+# -- the cap ---------------------------------------------------------------------------------
+
+async def test_create_ends_the_oldest_beyond_the_cap(store, clock):
+    made = [make(clock, age=10 - i) for i in range(3)]
+    await create(store, *made)
+    newest = make(clock)
+    evicted = await store.create(newest, 3, HISTORY)
+    assert ids(evicted) == [made[0].id]
+    assert ids(await store.user_sessions("alice")) == [*ids(made[1:]), newest.id]
+    record = await store.ended("alice", made[0].id)
+    assert (record.status, record.reason, record.actor) == ("REVOKED", "session_limit", "system")
+    assert await store.create(make(clock, "bob"), 3, HISTORY) == []
+
+
+async def test_the_cap_holds_under_twenty_parallel_logins(store, clock):
+    sessions = [make(clock, age=20 - i) for i in range(20)]
+    results = await asyncio.gather(*(store.create(s, 5, HISTORY) for s in sessions))
+    live = await store.user_sessions("alice")
+    assert len([s for s in live if s.alive(clock())]) == 5
+    assert sum(len(r) for r in results) == 15
+    assert len({e.id for r in results for e in r}) == 15   # each ended once
+
+
+# -- indexes and listings -------------------------------------------------------------------
+
+async def test_user_sessions_oldest_first_and_pruned(store, clock):
+    made = [make(clock, age=a) for a in (5, 50, 1, 20)]
+    await create(store, *made)
+    await store.end("alice", made[2].id, LOGOUT, "alice", clock(), HISTORY)
     got = await store.user_sessions("alice")
-    assert ids(got) == ids(sorted(made, key=lambda s: s.created_at))
-    assert ids(got)[0] == made[1].id
+    assert ids(got) == ids(sorted((made[0], made[1], made[3]), key=lambda s: s.created_at))
 
 
-async def test_user_sessions_prunes_expired(store, raw_redis):
-    short, absolute_short, long = make(idle=1, idle_left=0.2), make(absolute=0.2), make()
-    for s in (short, absolute_short, long):
-        await store.create(s)
-    await asyncio.sleep(0.35)
-    assert ids(await store.user_sessions("alice")) == [long.id]
-    # ...and forgets them in its index, not just hides them.
-    if isinstance(store, RedisSessionStore):
-        index = await raw_redis.zrange(store.index_key("alice"), 0, -1)
-        assert [i.decode() for i in index] == [long.id]
-    else:
-        assert store._by_user["alice"] == {long.id}
-
-
-async def test_all_sessions_spans_users_oldest_first(store):
-    a, b, c = make("alice", age=10), make("bob", age=30), make("carol", age=20)
-    gone = make("dave")
-    for s in (a, b, c, gone):
-        await store.create(s)
-    await store.revoke("dave", gone.id, REASON_REVOKED)
-    assert ids(await store.all_sessions()) == [b.id, c.id, a.id]
-
-
-async def test_find_by_id_alone(store):
-    a, b = make("alice"), make("bob")
-    await store.create(a)
-    await store.create(b)
+async def test_find_by_id_alone(store, clock):
+    a, b = make(clock, "alice"), make(clock, "bob")
+    await create(store, a, b)
     assert await store.find(b.id) == b
     assert await store.find("missing") is None
-    await store.revoke("bob", b.id, REASON_REVOKED)
+    await store.end("bob", b.id, REVOKED_BY_ADMIN, "cli", clock(), HISTORY)
     assert await store.find(b.id) is None
 
 
-async def test_find_does_not_treat_the_id_as_a_pattern(store):
-    a = make(sid="abc123")
-    await store.create(a)
+async def test_find_does_not_treat_the_id_as_a_pattern(store, clock):
+    await create(store, make(clock, sid="abc123"))
     for pattern in ("*", "abc*", "abc12?", "[a]bc123"):
         assert await store.find(pattern) is None, pattern
 
 
-async def test_idle_expiry(store):
-    s = make(idle=1, idle_left=0.3)
-    await store.create(s)
-    assert await store.get("alice", s.id) is not None
-    await asyncio.sleep(0.45)
-    assert await store.get("alice", s.id) is None
-    assert await store.find(s.id) is None
-    assert await store.all_sessions() == []
-    # Expiry is not revocation: no reason to show.
-    assert await store.revocation_reason("alice", s.id) is None
+async def test_listing_pages_through_every_live_session_once_most_recent_first(store, clock):
+    made = []
+    for i in range(23):
+        s = make(clock, f"user{i % 4}")
+        # Some share one millisecond of last activity: ties must not repeat or vanish.
+        s.last_seen_at = clock() - (i // 3)
+        made.append(s)
+    await create(store, *made)
+    await store.end("user1", made[1].id, LOGOUT, "user1", clock(), HISTORY)
+    seen: list[Session] = []
+    cursor = None
+    for _ in range(10):
+        page = await store.list_sessions(cursor, 5)
+        assert len(page.sessions) <= 5
+        seen += page.sessions
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sorted(ids(seen)) == sorted(s.id for s in made if s.id != made[1].id)
+    activity = [s.last_seen_at for s in seen]
+    assert activity == sorted(activity, reverse=True)
 
 
-async def test_absolute_expiry_despite_activity(store):
-    s = make(idle=60, absolute=0.6)
-    await store.create(s)
-    for _ in range(3):
-        await asyncio.sleep(0.15)
-        s.last_seen_at = time.time()
-        assert await store.touch(s)
-    await asyncio.sleep(0.3)
-    assert await store.get("alice", s.id) is None
-    s.last_seen_at = time.time()
-    assert await store.touch(s) is False
-
-
-CORRUPT = [
-    b"not json at all",
-    b"\xff\xfe\x00garbage",
-    b"[]",
-    b"null",
-    b'"a string"',
-    b"{}",
-    b'{"id": "x", "username": "alice"}',
-    b'{"id": "x", "username": "alice", "created_at": 1, "last_seen_at": 1,'
-    b' "expires_at": 9e12, "idle_timeout": 9e12, "surprise": 1}',
-    # Valid JSON, the right keys, the wrong types: must not blow up later.
-    b'{"id": "x", "username": "alice", "created_at": "a", "last_seen_at": "b",'
-    b' "expires_at": "c", "idle_timeout": "d"}',
-    b'{"id": "x", "username": "alice", "created_at": 1, "last_seen_at": null,'
-    b' "expires_at": 9e12, "idle_timeout": 60}',
-]
-
-
-@pytest.mark.parametrize("raw", CORRUPT)
-async def test_corrupt_record_reads_as_no_session(store, raw_redis, raw):
-    if not isinstance(store, RedisSessionStore):
-        # The memory store keeps objects; the decoder both backends share is the unit.
-        assert BaseSession.loads(raw) is None
-        return
-    good = make()
-    await store.create(good)
-    bad_sid = "corrupt"
-    await raw_redis.set(store.session_key("alice", bad_sid), raw, px=60_000)
-    await raw_redis.zadd(store.index_key("alice"), {bad_sid: time.time() * 1000 + 60_000})
-    assert await store.get("alice", bad_sid) is None
-    assert ids(await store.user_sessions("alice")) == [good.id]
-    assert ids(await store.all_sessions()) == [good.id]
-    assert await store.find(bad_sid) is None
-    # Revoking a corrupt record still removes it.
-    await store.revoke("alice", bad_sid, REASON_REVOKED)
-    assert await raw_redis.exists(store.session_key("alice", bad_sid)) == 0
-
-
-async def test_ping(store):
-    await store.ping()
+@pytest.mark.parametrize("cursor", ["x", "!!", "bnVsbA", "WzEsMl0"])
+async def test_a_forged_cursor_is_refused(store, cursor):
+    with pytest.raises(ValueError):
+        await store.list_sessions(cursor, 10)
 
 
 # -- Redis specifics -------------------------------------------------------------
 
-TAGGED = re.compile(r"^(?P<prefix>[^:]+):\{(?P<tag>[^{}]+)\}:(?P<kind>s:.+|idx|t:.+)$")
+TAGGED = re.compile(r"^(?P<prefix>[^:]+):\{(?P<tag>[^{}]+)\}:(?P<kind>s:.+|idx|e:.+|ended)$")
 
 
 async def _keys(raw_redis: Any, prefix: str) -> list[str]:
@@ -285,66 +378,63 @@ async def _keys(raw_redis: Any, prefix: str) -> list[str]:
 
 
 @pytest.fixture
-async def redis_store(redis_server: Any) -> Any:
-    s = RedisSessionStore(RedisConfig(url=redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:12]}"))
+async def redis_store(redis_server: Any, clock: Clock) -> Any:
+    s = RedisSessionStore(RedisConfig(url=redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:12]}"),
+                          clock=clock)
     yield s
     await s.close()
 
 
-async def test_redis_keys_of_one_user_share_a_hash_slot_tag(redis_store, raw_redis):
+async def test_redis_keys_of_one_user_share_a_hash_slot_tag(redis_store, raw_redis, clock):
     store = redis_store
-    alice = [make("alice") for _ in range(3)]
-    bob = make("bob")
-    for s in [*alice, bob]:
-        await store.create(s)
-    await store.revoke("alice", alice[0].id, REASON_LOGOUT)   # a tombstone too
-    keys = await _keys(raw_redis, store.prefix)
+    alice = [make(clock, "alice") for _ in range(3)]
+    bob = make(clock, "bob")
+    await create(store, *alice, bob)
+    await store.end("alice", alice[0].id, LOGOUT, "alice", clock(), HISTORY)
+    keys = [k for k in await _keys(raw_redis, store.prefix)
+            if not k.startswith((f"{store.prefix}:o:", store.all_key))]
     parsed = [TAGGED.match(k) for k in keys]
     assert all(parsed), keys
-    tags: dict[str, set[str]] = {}
     kinds: dict[str, set[str]] = {}
     for m in parsed:
-        owner = "alice" if any(s.id in m["kind"] for s in alice) else \
-            "bob" if bob.id in m["kind"] else m["tag"]
-        tags.setdefault(owner, set()).add(m["tag"])
         kinds.setdefault(m["tag"], set()).add(m["kind"].split(":")[0])
-    assert tags["alice"] == {user_tag("alice")}
-    assert tags["bob"] == {user_tag("bob")}
-    assert user_tag("alice") != user_tag("bob")
-    assert kinds[user_tag("alice")] == {"s", "t", "idx"}
-    assert kinds[user_tag("bob")] == {"s", "idx"}
+    assert kinds == {user_tag("alice"): {"s", "e", "idx", "ended"},
+                     user_tag("bob"): {"s", "idx"}}
     # The tag hides the username (no PII in key names) and has a fixed length.
     assert all("alice" not in k and "bob" not in k for k in keys)
 
 
-async def test_redis_every_key_has_a_ttl(redis_store, raw_redis):
+async def test_redis_every_key_has_a_ttl(redis_store, raw_redis, clock):
     store = redis_store
-    a1, a2 = make("alice", idle=60, absolute=600), make("alice", remember=True, absolute=86400)
-    b = make("bob")
-    for s in (a1, a2, b):
-        await store.create(s)
-    a1.last_seen_at = time.time()
-    await store.touch(a1)
-    await store.revoke("bob", b.id, REASON_REVOKED)
-    await store.revoke_user("alice", REASON_DISABLED, keep=a2.id)
-    await store.user_sessions("alice")
+    a1, a2 = make(clock, idle=60, absolute=600), make(clock, remember=True, absolute=86400)
+    b = make(clock, "bob")
+    await create(store, a1, a2, b)
+    clock.advance(10)
+    await touch(store, a1, last_seen_at=clock())
+    await store.end("bob", b.id, REVOKED_BY_ADMIN, "cli", clock(), 3600)
     keys = await _keys(raw_redis, store.prefix)
-    assert set(keys) == {store.session_key("alice", a2.id), store.index_key("alice"),
-                         store.tombstone_key("alice", a1.id), store.tombstone_key("bob", b.id)}
     for key in keys:
         ttl = await raw_redis.pttl(key)
-        assert ttl > 0, (key, ttl)
-    # The session key lives until its idle end; a tombstone until the absolute end.
-    s_ttl = await raw_redis.pttl(store.session_key("alice", a2.id))
-    assert s_ttl <= a2.idle_timeout * 1000
-    t_ttl = await raw_redis.pttl(store.tombstone_key("bob", b.id))
-    assert t_ttl <= (b.expires_at - time.time()) * 1000 + 50
+        assert ttl > 0 or key == store.all_key, (key, ttl)   # gw:all is pruned instead
+    # A session lives until its idle end plus the grace; an ended record for the history.
+    s_ttl = await raw_redis.pttl(store.session_key("alice", a1.id))
+    assert s_ttl <= (a1.keep_until - time.time()) * 1000 + 50
+    e_ttl = await raw_redis.pttl(store.ended_key("bob", b.id))
+    assert 3500_000 < e_ttl <= (clock() + 3600 - time.time()) * 1000 + 50
 
 
-async def test_redis_index_ttl_follows_the_longest_session(redis_store, raw_redis):
+async def test_redis_index_ttl_follows_the_longest_session(redis_store, raw_redis, clock):
     store = redis_store
-    short, long = make(absolute=100), make(absolute=5000)
-    await store.create(long)
-    await store.create(short)     # a shorter one later must not shorten the index
+    short, long = make(clock, absolute=100), make(clock, absolute=5000)
+    await create(store, long, short)  # a shorter one later must not shorten the index
     ttl = await raw_redis.pttl(store.index_key("alice"))
-    assert 4000_000 < ttl <= 5000_000
+    assert 5000_000 < ttl <= 8600_000
+
+
+async def test_redis_store_closes_its_connections(redis_server, clock):
+    """The pool is the client's own: closing the store leaves no connection open."""
+    store = RedisSessionStore(RedisConfig(url=redis_server.url, key_prefix="close"), clock=clock)
+    await store.ping()
+    pool = store.redis.connection_pool
+    await store.close()
+    assert all(not c.is_connected for c in pool._available_connections + list(pool._in_use_connections))

@@ -144,7 +144,8 @@ async def test_disabling_a_user_takes_effect_at_once_and_ends_her_sessions(
     async def none_left() -> bool:
         return await store.user_sessions("alice") == []
     await eventually(none_left)
-    assert await store.revocation_reason("alice", _sid(phone)) == "disabled"
+    ended = await store.ended("alice", _sid(phone))
+    assert (ended.status, ended.reason, ended.actor) == ("REVOKED", "user_disabled", "users-file")
     status, body = await session_status(client, phone)
     assert (status, body["error"]) == (401, "SESSION_REVOKED")
     assert (await send(client, "GET", "/x", token=admin)).status == 200
@@ -289,7 +290,7 @@ def test_the_dummy_hash_costs_what_a_real_one_does(tmp_path):
     so a failed sign-in takes as long whichever way it failed."""
     from argon2 import extract_parameters
 
-    from gateway.users import dummy_hash, load_users_file
+    from gateway.auth.users import dummy_hash, load_users_file
     users = load_users_file(write_users(tmp_path))
     dummy = dummy_hash(users.values())
     assert extract_parameters(dummy) == extract_parameters(users["alice"].password_hash)
@@ -298,7 +299,7 @@ def test_the_dummy_hash_costs_what_a_real_one_does(tmp_path):
 @pytest.mark.parametrize("content", ["", "# nothing\n", "{}", "users:\n"])
 def test_an_empty_users_file_is_an_error_not_zero_users(tmp_path, content):
     from gateway.config import ConfigError
-    from gateway.users import load_users_file
+    from gateway.auth.users import load_users_file
     (tmp_path / "users.yaml").write_text(content)
     with pytest.raises(ConfigError) as err:
         load_users_file(tmp_path / "users.yaml")
@@ -306,6 +307,6 @@ def test_an_empty_users_file_is_an_error_not_zero_users(tmp_path, content):
 
 
 def test_an_explicitly_empty_user_list_is_allowed(tmp_path):
-    from gateway.users import load_users_file
+    from gateway.auth.users import load_users_file
     (tmp_path / "users.yaml").write_text("users: []\n")
     assert load_users_file(tmp_path / "users.yaml") == {}

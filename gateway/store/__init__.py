@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from ..config import SessionConfig
-from .base import (REASON_DISABLED, REASON_LIMIT, REASON_LOGOUT, REASON_REVOKED,
-                   Session, SessionStore, StoreUnavailable)
+from .base import (ABSOLUTE, ENDINGS, EXPIRED, IDLE, LOGGED_OUT, LOGOUT, REVOKED,
+                   REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, USER_DISABLED,
+                   EndedSession, Ending, Page, Session, SessionStore, StoreUnavailable)
 
-__all__ = ["create_store", "Session", "SessionStore", "StoreUnavailable",
-           "REASON_DISABLED", "REASON_LIMIT", "REASON_LOGOUT", "REASON_REVOKED"]
+__all__ = ["create_store", "ABSOLUTE", "ENDINGS", "EXPIRED", "IDLE", "LOGGED_OUT", "LOGOUT",
+           "REVOKED", "REVOKED_BY_ADMIN", "REVOKED_BY_USER", "SESSION_LIMIT", "USER_DISABLED",
+           "EndedSession", "Ending", "Page", "Session", "SessionStore", "StoreUnavailable"]
 
 
-def create_store(config: SessionConfig) -> SessionStore:
+def create_store(config: SessionConfig, clock: Callable[[], float] = time.time) -> SessionStore:
     """The one factory: an unknown store type is refused, never guessed."""
     if config.store == "redis":
         from .redis import RedisSessionStore
-        return RedisSessionStore(config.redis)
+        return RedisSessionStore(config.redis, clock=clock,
+                                 max_idle=max(config.idle_timeout, config.remember_me_idle_timeout))
     if config.store == "memory":
         from .memory import MemorySessionStore
-        return MemorySessionStore()
+        return MemorySessionStore(clock)
     raise ValueError(f"session.store: unknown store {config.store!r}")

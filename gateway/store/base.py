@@ -1,28 +1,72 @@
-"""The session record and the store interface every backend implements.
+"""The session records and the store interface every backend implements.
 
 The store is the single source of truth for whether a session is alive:
-the cookie only names a session, so deleting the record revokes it at once.
-A revoked session leaves a small tombstone (until the session would have
-expired anyway) so the user can be told why they were signed out.
+the cookie only names a session, so ending the record ends the session at
+once. An ended session leaves an *ended record* (its details plus status,
+reason, actor and time) for the history window, ``session.history``.
+
+Records survive versions: each carries a schema version ``v``; fields a
+reader does not know are kept in ``extra`` and never dropped, and updates
+write single fields (a Redis hash), so a rolling deploy that adds a field
+signs nobody out, and two workers touching different fields lose nothing.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 
 class StoreUnavailable(Exception):
     """The store could not answer; callers fail closed (503), never open."""
 
 
-# Why a session ended; shown to the user and recorded in tombstones.
-REASON_LOGOUT = "logout"
-REASON_REVOKED = "revoked"
-REASON_DISABLED = "disabled"
-REASON_LIMIT = "session_limit"
+RECORD_VERSION = 1
+
+
+class Ending(NamedTuple):
+    """Why a session ended: a status from the contract and a reason."""
+    status: str   # LOGGED_OUT | REVOKED | EXPIRED
+    reason: str
+
+
+LOGGED_OUT, REVOKED, EXPIRED = "LOGGED_OUT", "REVOKED", "EXPIRED"
+LOGOUT = Ending(LOGGED_OUT, "logout")
+REVOKED_BY_USER = Ending(REVOKED, "revoked_by_user")
+REVOKED_BY_ADMIN = Ending(REVOKED, "revoked_by_admin")   # the admin console or the CLI
+SESSION_LIMIT = Ending(REVOKED, "session_limit")
+USER_DISABLED = Ending(REVOKED, "user_disabled")          # disabled or removed in the users file
+IDLE = Ending(EXPIRED, "idle")
+ABSOLUTE = Ending(EXPIRED, "absolute")
+ENDINGS = {e.reason: e for e in (LOGOUT, REVOKED_BY_USER, REVOKED_BY_ADMIN, SESSION_LIMIT,
+                                 USER_DISABLED, IDLE, ABSOLUTE)}
+
+# Kept after a session's idle or absolute end, so that its expiry can still be
+# observed (and recorded with its details) when its user comes back or the
+# sessions are listed: the idle timeout, at most an hour.
+EXPIRED_GRACE_MAX = 3600.0
+
+
+def _number(value: Any) -> float:
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _flag(value: Any) -> bool:
+    return str(value) in ("1", "true", "True")
+
+
+# How each known field is read back from the strings a store keeps.
+_PARSE: dict[str, Callable[[Any], Any]] = {
+    "id": str, "username": str, "created_at": _number, "last_seen_at": _number,
+    "expires_at": _number, "idle_timeout": _number, "remember": _flag,
+    "login_ip": str, "login_user_agent": str, "ip": str, "user_agent": str,
+}
 
 
 @dataclass
@@ -38,6 +82,8 @@ class Session:
     login_user_agent: str = ""
     ip: str = ""
     user_agent: str = ""
+    # Fields written by a newer gateway, kept as they came.
+    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def idle_expires_at(self) -> float:
@@ -46,90 +92,159 @@ class Session:
     def alive(self, now: float) -> bool:
         return now < self.idle_expires_at
 
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+    def ending(self, now: float) -> Ending:
+        """Which timeout ended a session that is no longer alive."""
+        return ABSOLUTE if now >= self.expires_at else IDLE
+
+    @property
+    def keep_until(self) -> float:
+        """When the store may forget the record: its end plus the grace."""
+        return self.idle_expires_at + min(self.idle_timeout, EXPIRED_GRACE_MAX)
+
+    def to_fields(self) -> dict[str, str]:
+        """Every field as a string, for a hash; ``extra`` included as it came."""
+        return {**self.extra, **encode_fields({f: getattr(self, f) for f in _PARSE}),
+                "v": str(RECORD_VERSION)}
 
     @classmethod
-    def loads(cls, raw: str | bytes) -> "Session | None":
-        """A corrupt record reads as no session (anonymous), never as an error."""
+    def from_fields(cls, raw: Mapping[Any, Any]) -> "Session | None":
+        """A record from a hash (bytes or str); a corrupt one reads as None, never an error."""
+        data = {(k.decode() if isinstance(k, bytes) else str(k)):
+                (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+                for k, v in raw.items()}
+        try:
+            known = {f: parse(data[f]) for f, parse in _PARSE.items()
+                     if f in data or f in _REQUIRED}
+        except (KeyError, ValueError, TypeError):
+            return None
+        extra = {k: str(v) for k, v in data.items() if k not in _PARSE and k != "v"}
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Session | None":
+        """A record as the first versions stored it (one JSON string)."""
         try:
             data = json.loads(raw)
-            session = cls(**data)
-        except (ValueError, TypeError):
+        except (ValueError, UnicodeDecodeError):
             return None
-        # Valid JSON with the wrong types must not fail later, in arithmetic.
-        numbers = (session.created_at, session.last_seen_at, session.expires_at,
-                   session.idle_timeout)
-        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers) \
-                or not isinstance(session.id, str) or not isinstance(session.username, str):
+        if not isinstance(data, dict) or any(isinstance(v, (dict, list)) for v in data.values()):
             return None
-        return session
+        if any(isinstance(data.get(f), bool) for f in ("created_at", "last_seen_at",
+                                                       "expires_at", "idle_timeout")):
+            return None
+        return cls.from_fields({k: ("1" if v is True else "0" if v is False else v)
+                                for k, v in data.items()})
+
+
+def encode_fields(values: Mapping[str, Any]) -> dict[str, str]:
+    """Field values as a store keeps them: strings, floats exact, booleans 1/0."""
+    return {k: ("1" if v else "0") if isinstance(v, bool) else
+            repr(float(v)) if isinstance(v, (int, float)) and k in _NUMBERS else str(v)
+            for k, v in values.items()}
+
+
+_NUMBERS = frozenset({"created_at", "last_seen_at", "expires_at", "idle_timeout"})
+_REQUIRED = frozenset({"id", "username", "created_at", "last_seen_at", "expires_at",
+                       "idle_timeout"})
+SESSION_FIELDS = tuple(f.name for f in fields(Session) if f.name != "extra")
+
+
+@dataclass
+class EndedSession:
+    """A session that ended, kept for ``session.history``."""
+    session: Session
+    status: str
+    reason: str
+    actor: str
+    ended_at: float
+
+    def to_fields(self) -> dict[str, str]:
+        return {**self.session.to_fields(), "status": self.status, "reason": self.reason,
+                "actor": self.actor, "ended_at": repr(float(self.ended_at))}
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[Any, Any]) -> "EndedSession | None":
+        data = {(k.decode() if isinstance(k, bytes) else str(k)):
+                (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+                for k, v in raw.items()}
+        end = {k: data.pop(k, "") for k in ("status", "reason", "actor", "ended_at")}
+        session = Session.from_fields(data)
+        try:
+            ended_at = _number(end["ended_at"])
+        except ValueError:
+            return None
+        if session is None or not end["status"]:
+            return None
+        return cls(session, end["status"], end["reason"], end["actor"], ended_at)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; ``next_cursor`` is None on the last page."""
+    sessions: list[Session]
+    next_cursor: str | None
 
 
 class SessionStore(ABC):
-    """Sessions, a per-user index of them, and revocation tombstones.
+    """Live sessions, per-user and global indexes, and ended records.
 
     Every method raises StoreUnavailable when the backend cannot answer.
+    Expired records are kept for a short grace (``Session.keep_until``), so
+    ``get`` returns a session that is no longer alive and the caller ends it.
     """
 
     @abstractmethod
-    async def create(self, session: Session) -> None:
-        """Save a new session and index it under its user."""
+    async def create(self, session: Session, cap: int, history: float) -> list[Session]:
+        """Save a new session; end the user's oldest beyond ``cap`` (0: no cap) as
+        SESSION_LIMIT, in the same atomic step. Returns the sessions it ended."""
 
     @abstractmethod
     async def get(self, username: str, sid: str) -> Session | None:
-        """The live session, or None if it expired, was revoked or never was."""
+        """The record (alive or within its grace), or None."""
 
     @abstractmethod
-    async def touch(self, session: Session) -> bool:
-        """Persist last-seen, IP and user agent; False if the session is gone.
-
-        Never re-creates a session that was revoked in the meantime.
-        """
-
-    @abstractmethod
-    async def revoke(self, username: str, sid: str, reason: str) -> bool:
-        """End one session, leaving a tombstone with ``reason``; False if none."""
+    async def touch(self, session: Session, changes: dict[str, Any]) -> bool:
+        """Write only the fields in ``changes`` (``session`` is the record after
+        them); False if the session is gone or no longer alive. Never
+        re-creates a session that was ended in the meantime."""
 
     @abstractmethod
-    async def revocation_reason(self, username: str, sid: str) -> str | None:
-        """Why a session that no longer exists was ended, if it was revoked."""
+    async def end(self, username: str, sid: str, ending: Ending, actor: str,
+                  now: float, history: float) -> Session | None:
+        """End one session and keep an ended record for ``history`` seconds;
+        publish the end to every worker. Returns the session, None if there was none."""
+
+    @abstractmethod
+    async def ended(self, username: str, sid: str) -> EndedSession | None:
+        """The ended record of a session, while the history keeps it."""
+
+    @abstractmethod
+    async def history(self, username: str, since: float) -> list[EndedSession]:
+        """A user's sessions that ended after ``since``, most recent first."""
 
     @abstractmethod
     async def user_sessions(self, username: str) -> list[Session]:
-        """A user's live sessions, oldest first."""
+        """A user's records (alive or within grace), oldest first: O(their count)."""
 
     @abstractmethod
-    async def all_sessions(self) -> list[Session]:
-        """Every live session (operator tools; not for the request path)."""
+    async def find(self, sid: str) -> Session | None:
+        """A live session by id alone, in O(1)."""
+
+    @abstractmethod
+    async def list_sessions(self, cursor: str | None, limit: int) -> Page:
+        """All live sessions, most recently active first, a page at a time."""
 
     @abstractmethod
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
 
-    async def revoke_user(self, username: str, reason: str,
-                          keep: str | None = None) -> int:
-        """End all of a user's sessions except ``keep``; returns how many."""
-        ended = 0
-        for session in await self.user_sessions(username):
-            if session.id != keep and await self.revoke(username, session.id, reason):
-                ended += 1
-        return ended
-
-    async def find(self, sid: str) -> Session | None:
-        """A session by id alone (operator tools; scans every session)."""
-        for session in await self.all_sessions():
-            if session.id == sid:
-                return session
-        return None
-
     async def watch_revocations(self, on_ready: Callable[[], None],
                                 on_revoked: Callable[[str], None]) -> None:
-        """Follow revocations made anywhere, calling ``on_revoked(sid)`` for each.
+        """Follow session ends made anywhere, calling ``on_revoked(sid)`` for each.
 
         Calls ``on_ready`` once subscribed; runs until cancelled, and raises
         StoreUnavailable the moment it can no longer vouch for having seen
-        every revocation. A store without a feed raises NotImplementedError.
+        every end. A store without a feed raises NotImplementedError.
         """
         raise NotImplementedError
 

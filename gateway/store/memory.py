@@ -1,65 +1,109 @@
 """Sessions in this process's memory: for the demo, tests and one worker.
 
-Same semantics as the Redis store (expiry, index, tombstones), so the one
-shared store test suite runs against both. Lost on restart, by design.
+Same semantics as the Redis store (grace after expiry, per-user index,
+ended records with their history window, paging), so the one shared store
+test suite runs against both. Lost on restart, by design.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
-from .base import Session, SessionStore
+from .base import (SESSION_LIMIT, EndedSession, Ending, Page, Session, SessionStore)
+from .paging import decode_cursor, encode_cursor
 
 
 class MemorySessionStore(SessionStore):
-    def __init__(self, clock=time.time) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._by_user: dict[str, set[str]] = {}
-        self._tombstones: dict[str, tuple[str, float]] = {}
+        self._ended: dict[str, EndedSession] = {}
+        self._ended_until: dict[str, float] = {}
         self._next_sweep = 0.0
 
-    async def create(self, session: Session) -> None:
+    async def create(self, session: Session, cap: int, history: float) -> list[Session]:
         self._sweep()
-        self._sessions[session.id] = replace(session)
+        now = self._clock()
+        self._sessions[session.id] = replace(session, extra=dict(session.extra))
         self._by_user.setdefault(session.username, set()).add(session.id)
+        evicted: list[Session] = []
+        if cap:
+            live = sorted((s for s in map(self._sessions.get, self._by_user[session.username])
+                           if s is not None and s.alive(now) and s.id != session.id),
+                          key=lambda s: (s.created_at, s.id))
+            for old in live[:max(0, len(live) + 1 - cap)]:
+                ended = await self.end(old.username, old.id, SESSION_LIMIT, "system", now,
+                                       history)
+                if ended is not None:
+                    evicted.append(ended)
+        return evicted
 
     async def get(self, username: str, sid: str) -> Session | None:
         session = self._sessions.get(sid)
         if session is None or session.username != username:
             return None
-        if not session.alive(self._clock()):
+        if session.keep_until <= self._clock():
             self._forget(session)
             return None
-        return replace(session)
+        return replace(session, extra=dict(session.extra))
 
-    async def touch(self, session: Session) -> bool:
-        current = await self.get(session.username, session.id)
-        if current is None:
+    async def touch(self, session: Session, changes: dict[str, Any]) -> bool:
+        current = self._sessions.get(session.id)
+        if current is None or current.username != session.username \
+                or not current.alive(self._clock()):
             return False
-        self._sessions[session.id] = replace(session)
+        self._sessions[session.id] = replace(current, **changes)
         return True
 
-    async def revoke(self, username: str, sid: str, reason: str) -> bool:
+    async def end(self, username: str, sid: str, ending: Ending, actor: str,
+                  now: float, history: float) -> Session | None:
         session = await self.get(username, sid)
         if session is None:
-            return False
+            return None
         self._forget(session)
-        self._tombstones[sid] = (reason, session.expires_at)
-        return True
+        self._ended[sid] = EndedSession(session, ending.status, ending.reason, actor, now)
+        self._ended_until[sid] = now + history
+        return session
 
-    async def revocation_reason(self, username: str, sid: str) -> str | None:
-        reason, until = self._tombstones.get(sid, (None, 0.0))
-        return reason if until > self._clock() else None
+    async def ended(self, username: str, sid: str) -> EndedSession | None:
+        record = self._ended.get(sid)
+        if record is None or record.session.username != username \
+                or self._ended_until[sid] <= self._clock():
+            return None
+        return record
+
+    async def history(self, username: str, since: float) -> list[EndedSession]:
+        now = self._clock()
+        found = [e for sid, e in self._ended.items()
+                 if e.session.username == username and e.ended_at > since
+                 and self._ended_until[sid] > now]
+        return sorted(found, key=lambda e: e.ended_at, reverse=True)
 
     async def user_sessions(self, username: str) -> list[Session]:
         found = [await self.get(username, sid) for sid in list(self._by_user.get(username, ()))]
-        return sorted((s for s in found if s), key=lambda s: s.created_at)
+        return sorted((s for s in found if s), key=lambda s: (s.created_at, s.id))
 
-    async def all_sessions(self) -> list[Session]:
-        found = [await self.get(s.username, s.id) for s in list(self._sessions.values())]
-        return sorted((s for s in found if s), key=lambda s: s.created_at)
+    async def find(self, sid: str) -> Session | None:
+        session = self._sessions.get(sid)
+        if session is None or not session.alive(self._clock()):
+            return None
+        return replace(session, extra=dict(session.extra))
+
+    async def list_sessions(self, cursor: str | None, limit: int) -> Page:
+        now = self._clock()
+        after = decode_cursor(cursor)
+        ordered = sorted(((s.last_seen_at, s.id) for s in self._sessions.values()
+                          if s.alive(now)), reverse=True)
+        if after is not None:
+            ordered = [k for k in ordered if k < after]
+        page = [self._sessions[sid] for _, sid in ordered[:limit]]
+        more = len(ordered) > limit
+        return Page([replace(s, extra=dict(s.extra)) for s in page],
+                    encode_cursor(page[-1].last_seen_at, page[-1].id) if more else None)
 
     async def ping(self) -> None:
         return None
@@ -73,12 +117,13 @@ class MemorySessionStore(SessionStore):
                 del self._by_user[session.username]
 
     def _sweep(self) -> None:
-        """Drop expired records now and then, so memory does not grow forever."""
+        """Drop records past their grace now and then, so memory does not grow forever."""
         now = self._clock()
         if now < self._next_sweep:
             return
         self._next_sweep = now + 60
         for session in list(self._sessions.values()):
-            if not session.alive(now):
+            if session.keep_until <= now:
                 self._forget(session)
-        self._tombstones = {k: v for k, v in self._tombstones.items() if v[1] > now}
+        for sid in [sid for sid, until in self._ended_until.items() if until <= now]:
+            del self._ended[sid], self._ended_until[sid]

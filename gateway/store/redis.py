@@ -2,16 +2,29 @@
 
 Key layout (``gw`` is ``session.redis.key_prefix``; ``{tag}`` is a hash of
 the username, so all keys of one user share a Redis Cluster hash slot and
-multi-key scripts stay legal there):
+the per-user scripts stay legal there):
 
-    gw:{tag}:s:<sid>   the session, JSON, PX = until idle (or absolute) expiry
-    gw:{tag}:idx       sorted set of the user's session ids, scored by expiry
-    gw:{tag}:t:<sid>   tombstone: why it was revoked, until it would have expired
-    gw:revoked         pub/sub channel: the id of every revoked session
+    gw:{tag}:s:<sid>   the session, a hash (one field per attribute, ``v`` =
+                       record version), until its end plus a short grace
+    gw:{tag}:idx       sorted set of the user's session ids, by absolute expiry
+    gw:{tag}:e:<sid>   ended record: the session's fields plus status, reason,
+                       actor, ended_at, for ``session.history``
+    gw:{tag}:ended     sorted set of the user's ended session ids, by ended_at
+    gw:o:<sid>         the session's user: find by id in O(1)
+    gw:all             sorted set of every session (``tag:sid``), by last
+                       activity: the paged global listing
+    gw:revoked         pub/sub channel: the id of every ended session
 
-Every key carries a TTL, so nothing outlives its purpose if a gateway dies.
-Calls are bounded by ``session.redis.timeout``; any failure becomes
-StoreUnavailable so the caller fails closed.
+Every key carries a TTL (``gw:all`` is pruned instead), so nothing outlives
+its purpose if a gateway dies. A user's own keys change together in one
+script; ``gw:o:*`` and ``gw:all`` live in other slots, so they are written
+beside the script in the same round trip, and a reader treats an entry that
+points at nothing as gone. Calls are bounded by ``session.redis.timeout``;
+any failure becomes StoreUnavailable so the caller fails closed.
+
+Records written by the first versions (one JSON string per session, and
+``:t:`` tombstones) are still read, and converted the first time they are
+written, so an upgrade signs nobody out.
 """
 
 from __future__ import annotations
@@ -23,39 +36,122 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..config import RedisConfig
-from .base import Session, SessionStore, StoreUnavailable
+from .base import (SESSION_LIMIT, EndedSession, Ending, Page, Session, SessionStore,
+                   StoreUnavailable, encode_fields)
+from .client import connect
+from .paging import decode_cursor, encode_cursor
 
 T = TypeVar("T")
 
-_CREATE = """
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
-local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[2], top[2])
-return 1
-"""
-
-_REVOKE = """
-local raw = redis.call('GET', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if not raw then return 0 end
-redis.call('DEL', KEYS[1])
-local ms = 60000
-local ok, s = pcall(cjson.decode, raw)
-if ok and type(s) == 'table' and type(s.expires_at) == 'number' then
-  ms = math.floor(s.expires_at * 1000 - tonumber(ARGV[3]))
+# A legacy record (a JSON string) becomes a hash; every script calls this first.
+_LEGACY = """
+local function fields_of(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'hash' then return redis.call('HGETALL', key) end
+  if kind ~= 'string' then return nil end
+  local ok, s = pcall(cjson.decode, redis.call('GET', key))
+  if not ok or type(s) ~= 'table' then return nil end
+  local flat = {}
+  for k, v in pairs(s) do
+    if type(v) == 'boolean' then v = v and '1' or '0'
+    elseif type(v) == 'number' then v = string.format('%.17g', v)
+    elseif type(v) ~= 'string' then v = nil end
+    if v then flat[#flat + 1] = k; flat[#flat + 1] = v end
+  end
+  local ttl = redis.call('PTTL', key)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'v', '1', unpack(flat))
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  flat[#flat + 1] = 'v'; flat[#flat + 1] = '1'
+  return flat
 end
-if ms > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', ms) end
-redis.call('PUBLISH', ARGV[4], ARGV[1])
+local function get(flat, name)
+  for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
+  return nil
+end
+local function alive(flat, now)
+  local last, idle, exp = tonumber(get(flat, 'last_seen_at')),
+    tonumber(get(flat, 'idle_timeout')), tonumber(get(flat, 'expires_at'))
+  if not (last and idle and exp) then return false end
+  return now < math.min(last + idle, exp)
+end
+-- End one session of this user: keep an ended record, tell every worker.
+local function finish(prefix, tag, sid, status, reason, actor, now_ms, history_ms, channel, now)
+  local skey = prefix .. ':{' .. tag .. '}:s:' .. sid
+  local flat = fields_of(skey)
+  redis.call('ZREM', prefix .. ':{' .. tag .. '}:idx', sid)
+  if not flat then return nil end
+  redis.call('DEL', skey)
+  local ekey = prefix .. ':{' .. tag .. '}:e:' .. sid
+  local ended = prefix .. ':{' .. tag .. '}:ended'
+  redis.call('DEL', ekey)
+  redis.call('HSET', ekey, 'status', status, 'reason', reason, 'actor', actor,
+             'ended_at', now, unpack(flat))
+  redis.call('PEXPIREAT', ekey, now_ms + history_ms)
+  redis.call('ZADD', ended, now_ms, sid)
+  redis.call('ZREMRANGEBYSCORE', ended, '-inf', now_ms - history_ms)
+  redis.call('PEXPIREAT', ended, now_ms + history_ms)
+  redis.call('PUBLISH', channel, sid)
+  return flat
+end
+"""
+
+# KEYS: session, index. ARGV: prefix, tag, sid, now_ms, keep_until_ms,
+# expires_ms, cap, history_ms, channel, evicted status, evicted reason, now
+# (seconds, exact), then field/value pairs. Atomic: parallel logins of one user never exceed the cap.
+_CREATE = _LEGACY + """
+local prefix, tag, sid = ARGV[1], ARGV[2], ARGV[3]
+local now_ms, cap = tonumber(ARGV[4]), tonumber(ARGV[7])
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[6], sid)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - 3600000)
+local evicted = {}
+if cap > 0 then
+  local live = {}
+  for _, other in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    if other ~= sid then
+      local flat = fields_of(prefix .. ':{' .. tag .. '}:s:' .. other)
+      if flat and alive(flat, now_ms / 1000) then
+        live[#live + 1] = {tonumber(get(flat, 'created_at')) or 0, other}
+      elseif not flat then
+        redis.call('ZREM', KEYS[2], other)
+      end
+    end
+  end
+  table.sort(live, function(a, b)
+    if a[1] == b[1] then return a[2] < b[2] end
+    return a[1] < b[1]
+  end)
+  for i = 1, #live + 1 - cap do
+    local flat = finish(prefix, tag, live[i][2], ARGV[10], ARGV[11], 'system',
+                        now_ms, tonumber(ARGV[8]), ARGV[9], ARGV[12])
+    if flat then evicted[#evicted + 1] = flat end
+  end
+end
+local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], math.max(tonumber(top[2]) + 3600000, tonumber(ARGV[5])))
+return evicted
+"""
+
+# KEYS: session. ARGV: now (seconds), keep_until_ms, then field/value pairs.
+_TOUCH = _LEGACY + """
+local flat = fields_of(KEYS[1])
+if not flat or not alive(flat, tonumber(ARGV[1])) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'GT')
 return 1
 """
 
+# ARGV: prefix, tag, sid, status, reason, actor, now_ms, history_ms, channel,
+# now (seconds, exact).
+_END = _LEGACY + """
+return finish(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+              tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]) or false
+"""
 
 # How quickly a worker notices that Redis stopped answering its revocation
 # feed, and so stops serving sessions from its cache: at most FEED_SILENCE.
@@ -68,24 +164,31 @@ def user_tag(username: str) -> str:
     return hashlib.sha256(username.encode()).hexdigest()[:20]
 
 
+def _pairs(fields: dict[str, str]) -> list[str]:
+    return [x for kv in fields.items() for x in kv]
+
+
+def _flat_to_dict(flat: list[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2]))
+
+
 class RedisSessionStore(SessionStore):
-    def __init__(self, config: RedisConfig, client: aioredis.Redis | None = None) -> None:
+    def __init__(self, config: RedisConfig, max_idle: float = 30 * 86400.0,
+                 clock: Callable[[], float] = time.time,
+                 client: aioredis.Redis | None = None) -> None:
+        """``max_idle``: the longest idle timeout any session can have; entries
+        of the global listing idle for longer are pruned. ``client`` replaces
+        the one built from ``config`` (the benchmark's bulk loader records
+        the calls instead of sending them)."""
         self.config = config
         self.prefix = config.key_prefix
         self.channel = f"{config.key_prefix}:revoked"
-        self.redis = client or aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                config.url,
-                socket_timeout=config.timeout,
-                socket_connect_timeout=config.timeout,
-                # One retry on a fresh connection covers a Redis restart; more
-                # would multiply how long a request waits on a dead Redis.
-                retry=Retry(NoBackoff(), 1),
-                health_check_interval=30,
-                max_connections=config.max_connections,
-                timeout=config.timeout))
+        self.max_idle = max_idle
+        self.clock = clock
+        self.redis = client or connect(config)
         self._create = self.redis.register_script(_CREATE)
-        self._revoke = self.redis.register_script(_REVOKE)
+        self._touch = self.redis.register_script(_TOUCH)
+        self._end = self.redis.register_script(_END)
 
     # -- keys --------------------------------------------------------------
     def session_key(self, username: str, sid: str) -> str:
@@ -94,8 +197,18 @@ class RedisSessionStore(SessionStore):
     def index_key(self, username: str) -> str:
         return f"{self.prefix}:{{{user_tag(username)}}}:idx"
 
-    def tombstone_key(self, username: str, sid: str) -> str:
-        return f"{self.prefix}:{{{user_tag(username)}}}:t:{sid}"
+    def ended_key(self, username: str, sid: str) -> str:
+        return f"{self.prefix}:{{{user_tag(username)}}}:e:{sid}"
+
+    def ended_index_key(self, username: str) -> str:
+        return f"{self.prefix}:{{{user_tag(username)}}}:ended"
+
+    def owner_key(self, sid: str) -> str:
+        return f"{self.prefix}:o:{sid}"
+
+    @property
+    def all_key(self) -> str:
+        return f"{self.prefix}:all"
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -104,84 +217,168 @@ class RedisSessionStore(SessionStore):
             raise StoreUnavailable(type(exc).__name__) from None
 
     # -- interface ---------------------------------------------------------
-    async def create(self, session: Session) -> None:
-        now = time.time()
-        ttl_ms = max(1, int((session.idle_expires_at - now) * 1000))
-        await self._call(lambda: self._create(
+    async def create(self, session: Session, cap: int, history: float) -> list[Session]:
+        now = self.clock()
+        tag = user_tag(session.username)
+        keep_ms = int(session.keep_until * 1000)
+
+        evicted_raw = await self._call(lambda: self._create(
             keys=[self.session_key(session.username, session.id),
                   self.index_key(session.username)],
-            args=[session.id, session.dumps(), ttl_ms,
-                  int(session.expires_at * 1000), int(now * 1000)]))
+            args=[self.prefix, tag, session.id, int(now * 1000), keep_ms,
+                  int(session.expires_at * 1000), cap, int(history * 1000), self.channel,
+                  SESSION_LIMIT.status, SESSION_LIMIT.reason, repr(float(now)),
+                  *_pairs(session.to_fields())]))
+        evicted = [s for s in (Session.from_fields(_flat_to_dict(f)) for f in evicted_raw) if s]
+        await self._call(lambda: self._index(session, evicted, now))
+        return evicted
+
+    async def _index(self, session: Session, evicted: list[Session], now: float) -> None:
+        """The cross-slot part of a create: owner and global listing entries."""
+        tag = user_tag(session.username)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.owner_key(session.id), session.username,
+                     pxat=int(session.keep_until * 1000))
+            pipe.zadd(self.all_key, {f"{tag}:{session.id}": int(session.last_seen_at * 1000)})
+            pipe.zremrangebyscore(self.all_key, "-inf", int((now - self.max_idle) * 1000))
+            for old in evicted:
+                pipe.delete(self.owner_key(old.id))
+                pipe.zrem(self.all_key, f"{tag}:{old.id}")
+            await pipe.execute()
 
     async def get(self, username: str, sid: str) -> Session | None:
-        raw = await self._call(lambda: self.redis.get(self.session_key(username, sid)))
-        if raw is None:
-            return None
-        session = Session.loads(raw)
-        if session is None or session.username != username or not session.alive(time.time()):
+        key = self.session_key(username, sid)
+
+        async def run() -> Session | None:
+            try:
+                raw = await self.redis.hgetall(key)
+            except ResponseError:          # WRONGTYPE: a record of the first versions
+                legacy = await self.redis.get(key)
+                return Session.from_json(legacy) if legacy else None
+            return Session.from_fields(raw) if raw else None
+        session = await self._call(run)
+        if session is None or session.username != username or session.id != sid:
             return None
         return session
 
-    async def touch(self, session: Session) -> bool:
-        ttl_ms = int((session.idle_expires_at - time.time()) * 1000)
-        if ttl_ms <= 0:
-            return False
+    async def touch(self, session: Session, changes: dict[str, Any]) -> bool:
         key = self.session_key(session.username, session.id)
-        # XX: only if it still exists, so a concurrent revoke is never undone.
-        done = await self._call(lambda: self.redis.set(key, session.dumps(), px=ttl_ms, xx=True))
+        member = f"{user_tag(session.username)}:{session.id}"
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._touch(keys=[key],
+                                  args=[repr(self.clock()), int(session.keep_until * 1000),
+                                        *_pairs(encode_fields(changes))], client=pipe)
+                pipe.zadd(self.all_key, {member: int(session.last_seen_at * 1000)}, xx=True)
+                return await pipe.execute()
+        done, _ = await self._call(run)
         return bool(done)
 
-    async def revoke(self, username: str, sid: str, reason: str) -> bool:
-        done = await self._call(lambda: self._revoke(
-            keys=[self.session_key(username, sid), self.index_key(username),
-                  self.tombstone_key(username, sid)],
-            args=[sid, reason, int(time.time() * 1000), self.channel]))
-        return bool(done)
+    async def end(self, username: str, sid: str, ending: Ending, actor: str,
+                  now: float, history: float) -> Session | None:
+        tag = user_tag(username)
 
-    async def revocation_reason(self, username: str, sid: str) -> str | None:
-        raw = await self._call(lambda: self.redis.get(self.tombstone_key(username, sid)))
-        return raw.decode() if raw else None
+        async def run() -> Any:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._end(keys=[self.session_key(username, sid),
+                                      self.index_key(username),
+                                      self.ended_key(username, sid),
+                                      self.ended_index_key(username)],
+                                args=[self.prefix, tag, sid, ending.status, ending.reason,
+                                      actor, int(now * 1000), int(history * 1000),
+                                      self.channel, repr(float(now))], client=pipe)
+                pipe.delete(self.owner_key(sid))
+                pipe.zrem(self.all_key, f"{tag}:{sid}")
+                return await pipe.execute()
+        flat, _, _ = await self._call(run)
+        return Session.from_fields(_flat_to_dict(flat)) if flat else None
+
+    async def ended(self, username: str, sid: str) -> EndedSession | None:
+        raw = await self._call(lambda: self.redis.hgetall(self.ended_key(username, sid)))
+        if raw:
+            record = EndedSession.from_fields(raw)
+            return record if record and record.session.username == username else None
+        return None
+
+    async def history(self, username: str, since: float) -> list[EndedSession]:
+        async def run() -> list[Any]:
+            sids = await self.redis.zrange(self.ended_index_key(username), "+inf",
+                                           int(since * 1000), desc=True, byscore=True,
+                                           offset=0, num=100)
+            if not sids:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in sids:
+                    pipe.hgetall(self.ended_key(username, sid.decode()))
+                return await pipe.execute()
+        records = [EndedSession.from_fields(raw) for raw in await self._call(run) if raw]
+        return [r for r in records if r and r.session.username == username]
 
     async def user_sessions(self, username: str) -> list[Session]:
         sids = await self._call(lambda: self.redis.zrange(self.index_key(username), 0, -1))
         if not sids:
             return []
         ids = [s.decode() for s in sids]
-        raws = await self._call(lambda: self.redis.mget(
-            [self.session_key(username, sid) for sid in ids]))
-        now = time.time()
-        live, gone = [], []
-        for sid, raw in zip(ids, raws):
-            session = Session.loads(raw) if raw else None
-            if session and session.alive(now):
-                live.append(session)
-            else:
-                gone.append(sid)
+        found = await asyncio.gather(*(self.get(username, sid) for sid in ids))
+        gone = [sid for sid, s in zip(ids, found) if s is None]
         if gone:
             await self._call(lambda: self.redis.zrem(self.index_key(username), *gone))
-        return sorted(live, key=lambda s: s.created_at)
-
-    async def all_sessions(self) -> list[Session]:
-        return await self._scan(f"{self.prefix}:{{*}}:s:*")
+        return sorted((s for s in found if s), key=lambda s: (s.created_at, s.id))
 
     async def find(self, sid: str) -> Session | None:
-        # SCAN MATCH is a glob: an id with * ? [ in it must not match others.
-        found = await self._scan(f"{self.prefix}:{{*}}:s:{sid}")
-        return next((s for s in found if s.id == sid), None)
+        owner = await self._call(lambda: self.redis.get(self.owner_key(sid)))
+        if owner is None:
+            return None
+        session = await self.get(owner.decode(), sid)
+        return session if session and session.alive(self.clock()) else None
 
-    async def _scan(self, pattern: str) -> list[Session]:
+    async def list_sessions(self, cursor: str | None, limit: int) -> Page:
+        after = decode_cursor(cursor)
+        now = self.clock()
+        found: list[tuple[Session, int, str]] = []
+        top: Any = "+inf" if after is None else int(after[0])
+        seen = None if after is None else after[1]
+        while len(found) <= limit:
+            want = limit + 1 - len(found)
+            entries = await self._call(lambda: self.redis.zrange(
+                self.all_key, top, "-inf", desc=True, byscore=True, withscores=True,
+                offset=0, num=want + 64))
+            # Equal scores come in descending member order: skip what was seen.
+            fresh = [(m.decode(), int(sc)) for m, sc in entries
+                     if seen is None or int(sc) != top or m.decode() < seen]
+            if not fresh:
+                break
+            for (member, score), session in zip(fresh, await self._load(fresh)):
+                if session is not None and session.alive(now):
+                    found.append((session, score, member))
+            top, seen = fresh[-1][1], fresh[-1][0]
+            if len(entries) < want + 64:
+                break
+        if len(found) <= limit:
+            return Page([s for s, _, _ in found], None)
+        last = found[limit - 1]
+        return Page([s for s, _, _ in found[:limit]], encode_cursor(last[1], last[2]))
+
+    async def _load(self, entries: list[tuple[str, int]]) -> list[Session | None]:
+        """The sessions behind global-listing entries; dangling entries are removed."""
         async def run() -> list[Any]:
-            keys = [k async for k in self.redis.scan_iter(match=pattern, count=1000)]
-            if not keys:
-                return []
             async with self.redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(key)
-                return await pipe.execute()
-        now = time.time()
-        sessions = [Session.loads(raw) for raw in await self._call(run) if raw]
-        return sorted((s for s in sessions if s and s.alive(now)),
-                      key=lambda s: s.created_at)
+                for member, _ in entries:
+                    tag, _, sid = member.partition(":")
+                    pipe.hgetall(f"{self.prefix}:{{{tag}}}:s:{sid}")
+                return await pipe.execute(raise_on_error=False)
+        raws = await self._call(run)
+        out: list[Session | None] = []
+        dangling = []
+        for (member, _), raw in zip(entries, raws):
+            session = Session.from_fields(raw) if isinstance(raw, dict) and raw else None
+            if isinstance(raw, dict) and not raw:
+                dangling.append(member)
+            out.append(session)
+        if dangling:
+            await self._call(lambda: self.redis.zrem(self.all_key, *dangling))
+        return out
 
     async def watch_revocations(self, on_ready: Callable[[], None],
                                 on_revoked: Callable[[str], None]) -> None:
@@ -193,10 +390,7 @@ class RedisSessionStore(SessionStore):
         every FEED_PING seconds, ends the watch so the caller stops trusting
         its cache. (A false alarm under load only costs a cache refill.)
         """
-        timeout = self.config.timeout
-        client = aioredis.Redis.from_url(self.config.url, socket_timeout=timeout,
-                                         socket_connect_timeout=timeout,
-                                         retry=Retry(NoBackoff(), 0))
+        client = connect(self.config, dedicated=True)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self.channel)

@@ -16,19 +16,18 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..auth.cookies import clear_session_cookie, set_notice
+from ..auth.sessions import AuthError, Identity
+from ..config import Upstream, origin_of
+from ..errors import (error_response, json_error, store_unavailable, unsupported_version,
+                      wants_html)
+from ..state import GATEWAY, Gateway
+from ..store import StoreUnavailable
 from .access import is_public, missing_roles, upstream_path
-from .config import Upstream, origin_of
-from .errors import (error_response, json_error, store_unavailable, unsupported_version,
-                     wants_html)
+from .forward import forward
 from .headers import client_ip, cookie_value, safe_header_value, upstream_request_headers
 from .paths import BadPath, has_prefix, normalize_path, without_path_parameters
-from .proxy import forward, forward_websocket, is_websocket
-from .sessions import AuthError, Identity
-from .state import GATEWAY, Gateway
-from .store import StoreUnavailable
-
-NOTICE_COOKIE = "gateway_notice"
-
+from .websocket import forward_websocket, is_websocket
 
 async def handle(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
@@ -38,11 +37,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if (refusal := unsupported_version(request)) is not None:
         return refusal
     if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > config.limits.max_header_size:
-        return error_response(request, 431, "HEADERS_TOO_LARGE",
-                              "The request headers are larger than this gateway accepts.")
+        return error_response(request, 431, "HEADERS_TOO_LARGE")
     if (request.content_length or 0) > config.limits.max_body_size:
-        return error_response(request, 413, "PAYLOAD_TOO_LARGE",
-                              "The request body is larger than this gateway accepts.")
+        return error_response(request, 413, "PAYLOAD_TOO_LARGE")
 
     # 2. One canonical path: what is judged below is exactly what is forwarded.
     try:
@@ -54,7 +51,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     #    gateway's own prefix (``/x/../_gateway/...``) belongs to nobody.
     upstream = gw.router.match(request.host, path)
     if upstream is None or has_prefix(path, config.prefix):
-        return error_response(request, 404, "NOT_FOUND", "Nothing is served at this address.")
+        return error_response(request, 404, "NOT_FOUND")
 
     # 3b. Servlet containers read "/;x/admin" as "/admin". Refused unless the
     #     upstream opts in; then both readings are judged and the stricter wins.
@@ -66,8 +63,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
                                   "which this application does not accept.")
         servlet_path = without_path_parameters(path)
         if has_prefix(servlet_path, config.prefix):
-            return error_response(request, 404, "NOT_FOUND",
-                                  "Nothing is served at this address.")
+            return error_response(request, 404, "NOT_FOUND")
 
     # 4. Who is asking: public paths need nobody, all else a live session.
     ip = client_ip(request.remote, request.headers, config.trusted_proxies)
@@ -165,15 +161,9 @@ def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) ->
         response = web.Response(status=302, headers={"Location": target,
                                                      "Cache-Control": "no-store"})
     else:
-        response = json_error(401, exc.code, "A valid session is required.",
-                              headers={"Cache-Control": "no-store"})
+        response = json_error(401, exc.code, headers={"Cache-Control": "no-store"})
     if had_cookie:
-        gw.sessions.clear_cookie(response)
+        clear_session_cookie(response, gw.config)
         if exc.notice:
-            set_notice(response, gw, exc.notice)
+            set_notice(response, gw.config, exc.notice)
     return response
-
-
-def set_notice(response: web.StreamResponse, gw: Gateway, notice: str) -> None:
-    response.set_cookie(NOTICE_COOKIE, notice, path=gw.config.prefix, max_age=300,
-                        httponly=True, samesite="Lax", secure=gw.config.secure_cookies)

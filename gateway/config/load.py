@@ -21,11 +21,16 @@ import yaml
 
 
 class ConfigError(Exception):
-    """Raised with every problem found; ``problems`` holds the lines."""
+    """Raised with every problem found; ``problems`` holds the lines.
 
-    def __init__(self, problems: list[str]) -> None:
+    ``users_file`` is the users file named by a config that had other
+    problems, so that it can be checked in the same pass.
+    """
+
+    def __init__(self, problems: list[str], users_file: Path | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.users_file = users_file
 
 
 # -- value parsers ---------------------------------------------------------
@@ -266,6 +271,7 @@ class SessionConfig:
     cache_ttl: float = 5.0
     expiring_soon: float = 300.0
     max_per_user: int = 5
+    history: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -490,6 +496,7 @@ def build_config(data: Any, base_dir: Path = Path("."),
         cache_ttl=s.duration("cache_ttl", "5s", minimum=0),
         expiring_soon=s.duration("expiring_soon", "5m"),
         max_per_user=s.int("max_per_user", 5),
+        history=s.duration("history", "30d", minimum=60),
     )
     if session.idle_timeout > session.absolute_timeout:
         s.problem("idle_timeout", "must not be longer than session.absolute_timeout")
@@ -558,7 +565,7 @@ def build_config(data: Any, base_dir: Path = Path("."),
                         "use session.store: redis with more than one worker")
     top.done()
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, users_file=base_dir / users_file if users_file else None)
     return config
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .config import ConfigError, Section, bad_role, read_yaml
+from ..config import ConfigError, Section, bad_role, read_yaml
 
 log = logging.getLogger("gateway.users")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .config import Upstream
+from ..config import Upstream
 from .paths import has_prefix
 
 

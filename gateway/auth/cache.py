@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from .store import Session
+from ..store import Session
 
 
 class SessionCache:

@@ -1,0 +1,1 @@
+"""Who is asking: the users file, session cookies, the session lifecycle, assertions."""

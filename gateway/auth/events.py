@@ -1,0 +1,45 @@
+"""Session lifecycle events: the one stream the audit trail subscribes to.
+
+The session service emits one event when a session starts and one when it
+ends, whoever ended it (the user, an admin, the CLI, the cap, the users
+file, a timeout observed). Subscribers are called in order and must not
+block; one that raises is logged and the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..store import Session
+
+log = logging.getLogger("gateway.events")
+
+STARTED = "session.started"
+ENDED = "session.ended"
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    type: str               # STARTED | ENDED
+    session: Session
+    at: float               # unix seconds
+    actor: str              # who did it: the username, "admin:<name>", "cli", "system", "users-file"
+    status: str = "ACTIVE"  # for ENDED: LOGGED_OUT | REVOKED | EXPIRED
+    reason: str = ""        # for ENDED: an Ending reason
+
+
+class Events:
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[SessionEvent], None]] = []
+
+    def subscribe(self, subscriber: Callable[[SessionEvent], None]) -> None:
+        self._subscribers.append(subscriber)
+
+    def emit(self, event: SessionEvent) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("a session event subscriber failed on %s", event.type)

@@ -1,0 +1,271 @@
+"""The session lifecycle: the one place sessions start and the one place they end.
+
+``start`` makes a session (a new id every time: no fixation) and enforces
+``session.max_per_user`` atomically in the store. ``end`` ends one with an
+``Ending`` (status and reason) and an actor, whoever asks: logout, the user
+on another device, an admin or the CLI, the cap, the users file, or a
+timeout observed by ``authenticate``. Ending drops the session from this
+worker's cache at once and from every other worker's through the store's
+feed, keeps an ended record for ``session.history``, and emits one event.
+
+Sliding idle expiry without a Redis write per request: last-seen is written
+only when it is older than ``touch_interval`` (at most a tenth of the idle
+timeout). A session therefore ends between ``idle_timeout - touch_interval``
+and ``idle_timeout`` after the last request: up to one interval early,
+never late. The hot path does no Redis round trip at all while the feed is
+live: verified cookies are remembered (tokens.py) and sessions are served
+from a push-invalidated cache (cache.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from ..config import Config
+from ..store import (ABSOLUTE, EXPIRED, IDLE, SESSION_LIMIT, USER_DISABLED, Ending,
+                     Session, SessionStore, StoreUnavailable)
+from .cache import SessionCache
+from .events import ENDED, STARTED, Events, SessionEvent
+from .tokens import BadToken, Tokens
+from .users import User, UserDirectory
+
+log = logging.getLogger("gateway.sessions")
+_MAX_REMEMBERED = 10_000
+
+# Error codes from the contract.
+SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+SESSION_EXPIRED = "SESSION_EXPIRED"
+SESSION_REVOKED = "SESSION_REVOKED"
+JWT_INVALID = "JWT_INVALID"
+
+# What the login page tells a returning user, by the notice an ended session left.
+NOTICES = {
+    "idle": "Your session expired due to inactivity. Please sign in again.",
+    "expired": "Your session has expired. Please sign in again.",
+    "signed_out": "You were signed out.",
+    "session_limit": "You were signed out because you signed in on too many devices.",
+}
+_NOTICE_OF = {IDLE.reason: "idle", ABSOLUTE.reason: "expired",
+              SESSION_LIMIT.reason: "session_limit"}
+
+# Who ended a session when no person did.
+SYSTEM = "system"
+USERS_FILE = "users-file"
+
+
+class AuthError(Exception):
+    """No usable session. ``notice`` (a NOTICES key) explains an ended one."""
+
+    def __init__(self, code: str, notice: str | None = None) -> None:
+        super().__init__(code)
+        self.code, self.notice = code, notice
+
+
+@dataclass
+class Identity:
+    user: User
+    session: Session
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def refusal_for(ending: Ending) -> AuthError:
+    """What a request carrying an ended session's cookie is told."""
+    code = SESSION_EXPIRED if ending.status == EXPIRED else SESSION_REVOKED
+    return AuthError(code, _NOTICE_OF.get(ending.reason, "signed_out"))
+
+
+class SessionService:
+    """``users`` is None only in operator tools (the CLI), which end sessions
+    but never authenticate a request."""
+
+    def __init__(self, config: Config, store: SessionStore, users: UserDirectory | None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.users = users
+        self.clock = clock
+        s = config.session
+        self.touch_interval = min(s.touch_interval, s.idle_timeout / 10)
+        self.cache = SessionCache(s.cache_ttl)
+        self.tokens = Tokens(config.secret, clock)
+        self.events = Events()
+        self._dead: dict[str, AuthError] = {}
+
+    # -- start -----------------------------------------------------------
+    async def start(self, user: User, *, remember: bool, ip: str, user_agent: str) -> Session:
+        """A brand-new session; the user's oldest beyond the cap end in the same step."""
+        s = self.config.session
+        now = self.clock()
+        session = Session(
+            id=secrets.token_urlsafe(32), username=user.key, created_at=now,
+            last_seen_at=now,
+            expires_at=now + (s.remember_me_timeout if remember else s.absolute_timeout),
+            idle_timeout=s.remember_me_idle_timeout if remember else s.idle_timeout,
+            remember=remember, login_ip=ip, login_user_agent=user_agent[:512],
+            ip=ip, user_agent=user_agent[:512])
+        evicted = await self.store.create(session, s.max_per_user, s.history)
+        self.events.emit(SessionEvent(STARTED, session, now, actor=user.key))
+        for old in evicted:
+            self._ended(old, SESSION_LIMIT, SYSTEM, now)
+        return session
+
+    # -- end -------------------------------------------------------------
+    async def end(self, username: str, sid: str, ending: Ending, actor: str) -> bool:
+        """End one session; False if it was already gone. Raises StoreUnavailable."""
+        self.cache.drop(sid)   # this worker at once, not when the feed says so
+        now = self.clock()
+        session = await self.store.end(username, sid, ending, actor, now,
+                                       self.config.session.history)
+        if session is None:
+            return False
+        self._ended(session, ending, actor, now)
+        return True
+
+    async def end_all(self, username: str, ending: Ending, actor: str,
+                      keep: str | None = None) -> int:
+        """End every session of a user except ``keep``; returns how many."""
+        ended = 0
+        for session in await self.store.user_sessions(username):
+            if session.id != keep and await self.end(username, session.id, ending, actor):
+                ended += 1
+        return ended
+
+    def _ended(self, session: Session, ending: Ending, actor: str, now: float) -> None:
+        self.cache.drop(session.id)
+        self._remember_dead(session.id, refusal_for(ending))
+        self.events.emit(SessionEvent(ENDED, session, now, actor=actor,
+                                      status=ending.status, reason=ending.reason))
+
+    # -- every request ---------------------------------------------------
+    async def authenticate(self, token: str | None, *, ip: str, user_agent: str,
+                           touch: bool = True, force_touch: bool = False) -> Identity:
+        """The identity behind a cookie, or AuthError saying why there is none.
+
+        StoreUnavailable propagates: the caller must fail closed.
+        """
+        if not token:
+            raise AuthError(SESSION_NOT_FOUND)
+        try:
+            username, sid = self.tokens.read(token)
+        except BadToken as exc:
+            raise AuthError(SESSION_EXPIRED, "expired") if exc.expired \
+                else AuthError(JWT_INVALID) from None
+        dead = self._dead.get(sid)
+        if dead is not None:
+            raise dead
+        now = self.clock()
+        session = await self._lookup(username, sid, now)
+        if session is None:
+            record = await self.store.ended(username, sid)
+            # No record at all: it expired long ago (or never was).
+            ending = IDLE if record is None else Ending(record.status, record.reason)
+            error = refusal_for(ending)
+            self._remember_dead(sid, error)
+            raise error
+        if not session.alive(now):
+            ending = session.ending(now)
+            await self.end(username, sid, ending, SYSTEM)
+            raise refusal_for(ending)
+        assert self.users is not None, "authenticate needs the users file"
+        user = self.users.get(username)
+        if user is None or user.disabled:
+            await self.end(username, sid, USER_DISABLED, USERS_FILE)
+            raise refusal_for(USER_DISABLED)
+        if force_touch or (touch and now - session.last_seen_at >= self.touch_interval):
+            # A copy: the cached session must only ever say what the store says,
+            # even when this write fails.
+            generation = self.cache.generation
+            changes = {"last_seen_at": now, "ip": ip, "user_agent": user_agent[:512]}
+            touched = replace(session, **changes)
+            if not await self.store.touch(touched, changes):
+                self.cache.drop(sid)
+                error = refusal_for(IDLE)
+                self._remember_dead(sid, error)
+                raise error
+            self.cache.put(touched, generation)
+            session = touched
+        return Identity(user=user, session=session)
+
+    def _remember_dead(self, sid: str, error: AuthError) -> None:
+        """Ids are never reused and a store that cannot answer raises instead,
+        so a gone session stays gone: replaying its cookie (an attacker's
+        favourite) costs no store call."""
+        if len(self._dead) >= _MAX_REMEMBERED:
+            self._dead.clear()
+        self._dead[sid] = error
+
+    async def _lookup(self, username: str, sid: str, now: float) -> Session | None:
+        session = self.cache.get(sid)
+        if session is not None and session.username == username and session.alive(now):
+            return session
+        generation = self.cache.generation
+        session = await self.store.get(username, sid)
+        if session is not None and session.alive(now):
+            self.cache.put(session, generation)
+        return session
+
+    async def follow_revocations(self) -> None:
+        """Keep the cache honest for the worker's lifetime (a no-op without a feed)."""
+        if self.config.session.cache_ttl <= 0:
+            return
+        healthy = True
+
+        def ready() -> None:
+            nonlocal healthy
+            if not healthy:
+                log.info("revocation feed restored: session cache back on")
+            healthy = True
+            self.cache.start()
+
+        while True:
+            try:
+                await self.store.watch_revocations(ready, self.cache.drop)
+            except NotImplementedError:
+                return
+            except StoreUnavailable as exc:
+                # redis-py can turn a cancel that lands on its read timeout into
+                # a TimeoutError; shutting down must still end this loop.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError() from None
+                if healthy:
+                    log.warning("revocation feed lost (%s): sessions are read from the "
+                                "store on every request until it is back", exc)
+                healthy = False
+            finally:
+                self.cache.stop()
+            await asyncio.sleep(1)
+
+    # -- what the APIs show ------------------------------------------------
+    def cookie_max_age(self, session: Session) -> int | None:
+        """Persistent only with "remember me"."""
+        return int(session.expires_at - self.clock()) if session.remember else None
+
+    def describe(self, identity: Identity) -> dict[str, Any]:
+        """The body of ``GET /api/session``."""
+        s = identity.session
+        ends = s.idle_expires_at
+        remaining = max(0, int(ends - self.clock()))
+        return {
+            "user": identity.user.public(),
+            "session": {
+                "id": s.id,
+                "created_at": iso(s.created_at),
+                "last_seen_at": iso(s.last_seen_at),
+                "idle_expires_at": iso(ends),
+                "expires_at": iso(s.expires_at),
+                "remaining_seconds": remaining,
+                "expiring_soon": remaining <= self.config.session.expiring_soon,
+                "remember": s.remember,
+            },
+        }

@@ -1,0 +1,1 @@
+"""The proxied request: canonical path, routing, access rules, headers, forwarding."""

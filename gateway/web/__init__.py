@@ -1,0 +1,1 @@
+"""The gateway's own pages and APIs under the prefix (``/_gateway``)."""

@@ -1,0 +1,89 @@
+"""What every gateway page and API checks before it acts.
+
+The caller's identity (from the session cookie), that a state change comes
+from this site (Origin or Referer), and the form's CSRF token (kept in an
+encrypted, prefix-scoped cookie by aiohttp-session). Pages render through
+``render`` so every one carries the same no-store and framing headers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+
+import jinja2
+from aiohttp import web
+from aiohttp_session import get_session
+
+from ..auth.sessions import Identity
+from ..config import origin_of
+from ..proxy.headers import client_ip, cookie_value
+from ..state import GATEWAY, Gateway
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("gateway.web", "templates"),
+    autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store", "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'"}
+
+
+def gateway_of(request: web.Request) -> Gateway:
+    return request.config_dict[GATEWAY]
+
+
+def render(name: str, status: int = 200, **context: object) -> web.Response:
+    return web.Response(status=status, text=_templates.get_template(name).render(**context),
+                        content_type="text/html", headers=_PAGE_HEADERS)
+
+
+def see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def same_origin(request: web.Request, gw: Gateway) -> bool:
+    """Origin (or Referer) must be this site when a browser sends one.
+
+    The public URL's origin and the origin the request itself arrived on
+    are both this site; a cross-site page can forge neither header.
+    """
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if source is None:
+        return True
+    seen = origin_of(source)
+    return seen is not None and seen in (gw.public_origin,
+                                         origin_of(f"{request.scheme}://{request.host}"))
+
+
+async def csrf_token(request: web.Request) -> str:
+    form_state = await get_session(request)
+    token = form_state.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        form_state["csrf"] = token
+    return token
+
+
+async def csrf_ok(request: web.Request, sent: object) -> bool:
+    expected = (await get_session(request)).get("csrf")
+    return (isinstance(sent, str) and isinstance(expected, str)
+            and hmac.compare_digest(sent.encode(), expected.encode()))
+
+
+def client_of(request: web.Request, gw: Gateway) -> tuple[str, str]:
+    """``(client IP, User-Agent)`` as the session records them."""
+    return (client_ip(request.remote, request.headers, gw.config.trusted_proxies),
+            request.headers.get("User-Agent", ""))
+
+
+async def current_identity(request: web.Request, gw: Gateway, *, touch: bool = False,
+                           force_touch: bool = False) -> Identity:
+    """The caller's identity; AuthError or StoreUnavailable otherwise."""
+    ip, agent = client_of(request, gw)
+    token = cookie_value(request.headers.get("Cookie"), gw.config.cookie_name)
+    return await gw.sessions.authenticate(token, ip=ip, user_agent=agent,
+                                          touch=touch, force_touch=force_touch)

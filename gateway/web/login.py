@@ -1,0 +1,153 @@
+"""Sign in and sign out: the login and logout pages and ``POST /api/login``.
+
+Sessions start and end in the session service (auth/sessions.py); these
+handlers check the form (CSRF token, Origin), the password, and answer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp_session import get_session
+
+from ..auth.cookies import NOTICE_COOKIE, clear_session_cookie, set_notice, set_session_cookie
+from ..auth.sessions import NOTICES, AuthError, Identity
+from ..errors import MESSAGES, error_response, json_error, json_response, store_unavailable
+from ..state import Gateway
+from ..store import LOGOUT, StoreUnavailable
+from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of, render,
+                     same_origin, see_other)
+from .redirects import safe_redirect
+
+log = logging.getLogger("gateway.auth")
+
+MAX_FIELD = 1024
+
+
+async def sign_in(request: web.Request, gw: Gateway, username: str, password: str,
+                  remember: bool) -> Identity | None:
+    """Check the password, end the caller's previous session, start a new one."""
+    if len(username) > MAX_FIELD or len(password) > MAX_FIELD:
+        return None
+    user = await gw.users.verify(username, password)
+    ip, agent = client_of(request, gw)
+    if user is None:
+        log.info("login failed from %s", ip)
+        return None
+    try:
+        previous = await current_identity(request, gw)
+        await gw.sessions.end(previous.session.username, previous.session.id, LOGOUT,
+                              actor=previous.session.username)
+    except AuthError:
+        pass
+    session = await gw.sessions.start(user, remember=remember, ip=ip, user_agent=agent)
+    log.info("login %s from %s", user.username, ip)
+    return Identity(user=user, session=session)
+
+
+def _set_cookie(response: web.StreamResponse, gw: Gateway, identity: Identity) -> None:
+    set_session_cookie(response, gw.config, gw.sessions.tokens.issue(identity.session),
+                       gw.sessions.cookie_max_age(identity.session))
+
+
+# -- sign in -------------------------------------------------------------------
+
+async def login_page(request: web.Request, *, status: int = 200, error: str | None = None,
+                     username: str = "", remember: bool = False,
+                     rd: str | None = None) -> web.Response:
+    gw = gateway_of(request)
+    notice_key = request.cookies.get(NOTICE_COOKIE)
+    response = render(
+        "login.html", status=status, prefix=gw.config.prefix, error=error,
+        notice=None if error else NOTICES.get(notice_key or ""),
+        csrf_token=await csrf_token(request), username=username, remember=remember,
+        rd=rd if rd is not None else request.query.get("rd", "/"))
+    if notice_key:
+        response.del_cookie(NOTICE_COOKIE, path=gw.config.prefix)
+    return response
+
+
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    form = await request.post()
+    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    remember, rd = form.get("remember") in ("1", "on", "true"), str(form.get("rd", "/"))
+    if not same_origin(request, gw) or not await csrf_ok(request, form.get("csrf_token")):
+        (await get_session(request)).pop("csrf", None)
+        return await login_page(request, status=403, rd=rd, username=username,
+                                error="This form expired. Please sign in again.")
+    try:
+        identity = await sign_in(request, gw, username, password, remember)
+    except StoreUnavailable:
+        return store_unavailable(request)
+    if identity is None:
+        return await login_page(request, status=401, error=MESSAGES["INVALID_CREDENTIALS"],
+                                username=username, remember=remember, rd=rd)
+    target = safe_redirect(rd, gw.config.public_url, gw.config.allowed_redirect_hosts)
+    response = see_other(target)
+    _set_cookie(response, gw, identity)
+    (await get_session(request)).pop("csrf", None)  # a fresh token for the next form
+    return response
+
+
+async def api_login(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    if not same_origin(request, gw):
+        return json_error(403, "FORBIDDEN", "Cross-site request refused.")
+    # Only JSON: a cross-site page cannot send it without a CORS preflight,
+    # which is what stands in for a CSRF token on this endpoint.
+    if request.content_type != "application/json":
+        return json_error(415, "BAD_REQUEST", "Send Content-Type: application/json.")
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("username"), str) \
+            or not isinstance(body.get("password"), str):
+        return json_error(400, "BAD_REQUEST", "Send JSON with string fields username and password.")
+    try:
+        identity = await sign_in(request, gw, body["username"], body["password"],
+                                 body.get("remember") is True)
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    if identity is None:
+        return json_error(401, "INVALID_CREDENTIALS")
+    described = gw.sessions.describe(identity)
+    response = json_response(200, {**described["user"], **described},
+                             headers={"Cache-Control": "no-store"})
+    _set_cookie(response, gw, identity)
+    return response
+
+
+# -- sign out -------------------------------------------------------------------
+
+async def logout_page(request: web.Request) -> web.Response:
+    gw = gateway_of(request)
+    try:
+        username = (await current_identity(request, gw)).user.username
+    except (AuthError, StoreUnavailable):
+        username = ""
+    return render("logout.html", prefix=gw.config.prefix, username=username,
+                  csrf_token=await csrf_token(request))
+
+
+async def logout_submit(request: web.Request) -> web.StreamResponse:
+    """Ends the session (CSRF-checked), clears the cookie, back to the login page."""
+    gw = gateway_of(request)
+    is_json = request.content_type == "application/json"
+    sent = None if is_json else (await request.post()).get("csrf_token")
+    if not same_origin(request, gw) or not (is_json or await csrf_ok(request, sent)):
+        return error_response(request, 403, "FORBIDDEN",
+                              "This form expired. Please go back and try again.")
+    try:
+        session = (await current_identity(request, gw)).session
+        await gw.sessions.end(session.username, session.id, LOGOUT, actor=session.username)
+    except AuthError:
+        pass
+    except StoreUnavailable:
+        return store_unavailable(request)
+    response = see_other(f"{gw.config.prefix}/login")
+    clear_session_cookie(response, gw.config)
+    set_notice(response, gw.config, "signed_out")
+    return response

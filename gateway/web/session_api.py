@@ -1,0 +1,36 @@
+"""``GET /api/session`` and ``POST /api/session/refresh``: the caller's own session."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..auth.cookies import clear_session_cookie
+from ..auth.sessions import SESSION_NOT_FOUND, AuthError
+from ..errors import json_error, json_response
+from ..store import StoreUnavailable
+from .guards import current_identity, gateway_of, same_origin
+
+
+async def _session_json(request: web.Request, **touch: bool) -> web.Response:
+    gw = gateway_of(request)
+    try:
+        identity = await current_identity(request, gw, **touch)
+    except AuthError as exc:
+        response = json_error(401, exc.code, headers={"Cache-Control": "no-store"})
+        if exc.code != SESSION_NOT_FOUND:
+            clear_session_cookie(response, gw.config)
+        return response
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    return json_response(200, gw.sessions.describe(identity), headers={"Cache-Control": "no-store"})
+
+
+async def api_session(request: web.Request) -> web.Response:
+    """Reading the session does not extend it, so polling it cannot keep it alive."""
+    return await _session_json(request, touch=False)
+
+
+async def api_session_refresh(request: web.Request) -> web.Response:
+    if not same_origin(request, gateway_of(request)):
+        return json_error(403, "FORBIDDEN", "Cross-site request refused.")
+    return await _session_json(request, force_touch=True)
