@@ -183,6 +183,10 @@ async def test_signed_in_pages_are_not_left_to_shared_caches(
     assert "Cache-Control" not in r.headers                      # nothing added
     r = await send(client, "GET", reflect(**{"Cache-Control": "no-store"}), token=alice)
     assert r.headers.getall("Cache-Control") == ["no-store"]
+    r = await send(client, "GET", reflect(**{"Cache-Control": "max-age=600",
+                                             "CDN-Cache-Control": "max-age=600"}), token=alice)
+    assert r.headers.getall("Cache-Control") == ["private, max-age=600"]
+    assert "CDN-Cache-Control" not in r.headers
 
 
 async def test_public_pages_and_opted_in_upstreams_keep_public_caching(
@@ -293,7 +297,6 @@ async def test_websocket_upgrades_from_other_sites_are_refused(
     config = make_config(str(upstream.make_url("/")))
     up = {**_upstream_dict(config), "websocket_origins": ["https://apps.example.com"]}
     client = await gateway(make_config(str(upstream.make_url("/")), upstreams=[up]))
-    await api_login(client)
     await client.post("/_gateway/api/login", json={"username": "alice", "password": "alice-pw"})
     headers = {}
     if origin is not None:
@@ -308,3 +311,15 @@ async def test_websocket_upgrades_from_other_sites_are_refused(
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await client.ws_connect("/ws", headers=headers)
         assert info.value.status == 403
+
+
+async def test_websocket_origin_behind_a_chain_of_trusted_proxies(
+        upstream: Any, make_config: Any, gateway: Any) -> None:
+    client = await start(upstream, make_config, gateway, trusted_proxies=["127.0.0.1/32"])
+    await client.post("/_gateway/api/login", json={"username": "alice", "password": "alice-pw"})
+    proxied = {"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "app.example, inner:8080"}
+    ws = await client.ws_connect("/ws", headers={**proxied, "Origin": "https://app.example"})
+    await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/ws", headers={**proxied, "Origin": "http://inner:8080"})
+    assert info.value.status == 403

@@ -311,9 +311,12 @@ def test_upstream_cookies_with_other_names_pass(line: str) -> None:
     ("s-maxage=600", "private"),
     ("private, public", "private"),
     ("no-store", "no-store"),
-    ("max-age=60", "max-age=60"),
+    ("max-age=60", "private, max-age=60"),
+    ("must-revalidate, max-age=60", "private, must-revalidate, max-age=60"),
+    ('public, private="Set-Cookie", max-age=600', 'private, private="Set-Cookie", max-age=600'),
     ("private, max-age=60", "private, max-age=60"),
-    ("no-cache, must-revalidate", "no-cache, must-revalidate"),
+    ("no-cache, must-revalidate", "private, no-cache, must-revalidate"),
+    ("no-store, max-age=0", "no-store, max-age=0"),
 ])
 def test_private_cache_control(value: str, expected: str) -> None:
     assert private_cache_control(value) == expected
@@ -327,12 +330,20 @@ def test_cache_control_rewritten_only_when_private() -> None:
     assert private.getall("Cache-Control") == ["private, max-age=600"]
     silent, _ = downstream_response_headers(CIMultiDict([("X-A", "1")]), OWN_KEYS, private=True)
     assert "Cache-Control" not in silent
+    cdn = CIMultiDict([("CDN-Cache-Control", "public, max-age=600"), ("Surrogate-Control",
+                       "max-age=600"), ("Cloudflare-CDN-Cache-Control", "max-age=60"),
+                       ("X-A", "1")])
+    private_cdn, _ = downstream_response_headers(cdn, OWN_KEYS, private=True)
+    assert list(private_cdn) == ["X-A"]
+    shared_cdn, _ = downstream_response_headers(cdn, OWN_KEYS)
+    assert len(shared_cdn) == 4
 
 
 # -- rewrite and client-address headers ----------------------------------------------
 
 @pytest.mark.parametrize("name", ["X-Original-URL", "x-rewrite-url", "X_Original_URI",
-                                  "X-Forwarded-Prefix", "X-Forwarded-Uri", "x.original.url"])
+                                  "X-Forwarded-Prefix", "X-Forwarded-Uri", "x.original.url",
+                                  "X-Forwarded-Path", "X-Envoy-Original-Path"])
 @pytest.mark.parametrize("trusted", [(), PROXIES])
 def test_rewrite_headers_never_forwarded(name: str, trusted: tuple[Any, ...]) -> None:
     out = outgoing([(name, "/admin/x"), ("X-Kept", "1")], peer="127.0.0.1", trusted=trusted)
@@ -341,7 +352,8 @@ def test_rewrite_headers_never_forwarded(name: str, trusted: tuple[Any, ...]) ->
 
 
 @pytest.mark.parametrize("name", ["True-Client-IP", "CF-Connecting-IP", "X-Client-IP",
-                                  "X-Cluster-Client-IP", "true_client_ip", "x.client.ip"])
+                                  "X-Cluster-Client-IP", "true_client_ip", "x.client.ip",
+                                  "Fastly-Client-IP", "X-Originating-IP", "Client-IP"])
 def test_client_address_headers_only_from_trusted_proxies(name: str) -> None:
     untrusted = outgoing([(name, "10.9.9.9")], peer="192.0.2.7", trusted=PROXIES)
     assert fold(name) not in names(untrusted)

@@ -25,11 +25,13 @@ FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host
 # Other names for the client's address that some apps and CDNs believe; like
 # X-Forwarded-For, they pass only from a trusted proxy.
 CLIENT_ADDRESS = frozenset({"true-client-ip", "cf-connecting-ip", "x-client-ip",
-                            "x-cluster-client-ip"})
+                            "x-cluster-client-ip", "fastly-client-ip", "x-originating-ip",
+                            "client-ip"})
 # Headers that make some apps (Symfony, IIS modules: CVE-2018-14773) serve a
 # path other than the one the gateway judged. Never forwarded, from anyone.
 REWRITES = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri",
-                      "x-forwarded-prefix", "x-forwarded-uri"})
+                      "x-forwarded-prefix", "x-forwarded-uri", "x-forwarded-path",
+                      "x-envoy-original-path"})
 # The gateway meets a client's "Expect: 100-continue" itself (aiohttp answers
 # it before the handler runs); passed on, the upstream client would wait for
 # a 100 Continue that an upstream ignoring Expect never sends.
@@ -161,8 +163,13 @@ def downstream_response_headers(incoming: CIMultiDict[str], own_cookies: frozens
                 tossed = True
             else:
                 out.add("Set-Cookie", line)
-    if private and "Cache-Control" in out:
-        out["Cache-Control"] = private_cache_control(", ".join(out.popall("Cache-Control")))
+    if private:
+        if "Cache-Control" in out:
+            out["Cache-Control"] = private_cache_control(", ".join(out.popall("Cache-Control")))
+        # Instructions for CDNs alone would let one keep a signed-in page.
+        for name in [k for k in out if fold(k) in _SHARED_CACHE_ONLY or
+                     fold(k).endswith("-cdn-cache-control")]:
+            out.popall(name, None)
     return out, tossed
 
 
@@ -190,15 +197,25 @@ def set_cookie_names(line: str) -> set[str]:
     return names
 
 
+_SHARED_CACHE_ONLY = frozenset({"cdn-cache-control", "surrogate-control"})
+
+
 def private_cache_control(value: str) -> str:
-    """``public`` becomes ``private`` and ``s-maxage`` goes; nothing is added otherwise."""
+    """A Cache-Control that no shared cache may act on.
+
+    ``public`` and ``s-maxage`` go, and a bare ``private`` is added unless a
+    bare ``private`` or ``no-store`` is there already: ``max-age`` alone
+    lets a shared cache store the page, and ``private="Set-Cookie"`` only
+    keeps that one header out of it. (The caller adds nothing when the
+    upstream sent no Cache-Control at all.)
+    """
     directives = [d.strip() for d in value.split(",") if d.strip()]
     kept = [d for d in directives
             if d.split("=", 1)[0].strip().lower() not in ("public", "s-maxage")]
-    if len(kept) == len(directives):
-        return value
-    if not any(d.lower() == "private" or d.lower().startswith("private=") for d in kept):
+    if not any(d.lower() in ("private", "no-store") for d in kept):
         kept.insert(0, "private")
+    if kept == directives:
+        return value
     return ", ".join(kept)
 
 

@@ -128,7 +128,10 @@ def origin_allowed(origin: str | None, gw: Gateway, upstream: Upstream,
     seen = origin_of(origin)
     if seen is None:  # "null" (sandboxed frames, file:) and anything unparsable
         return False
-    own = origin_of(f"{forwarded['X-Forwarded-Proto']}://{forwarded['X-Forwarded-Host']}")
+    # A chain of proxies may list several values; the first is what the client used.
+    proto = forwarded["X-Forwarded-Proto"].split(",", 1)[0].strip()
+    host = forwarded["X-Forwarded-Host"].split(",", 1)[0].strip()
+    own = origin_of(f"{proto}://{host}")
     return seen in (own, gw.public_origin) or seen in upstream.websocket_origins
 
 
