@@ -86,11 +86,15 @@ def create_app(config: Config, store: SessionStore | None = None,
     return app
 
 
+# How often a worker re-reads a changed users file with no request asking.
+USERS_POLL = 2.0
+
+
 async def _watch_users_file(users: UserDirectory) -> None:
     """Requests re-check the file anyway; this ends a disabled user's sessions
     even when nobody makes a request."""
     while True:
-        await asyncio.sleep(2)
+        await asyncio.sleep(USERS_POLL)
         users.all()
 
 

@@ -282,9 +282,10 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
 
 @pytest.fixture
 def gateway(aiohttp_client: Any) -> Callable[..., Any]:
-    """``await gateway(config)``: a test client for the gateway on a loopback port."""
-    async def start(config: Config, store: Any = None) -> Any:
-        return await aiohttp_client(create_app(config, store=store),
+    """``await gateway(config)``: a test client for the gateway on a loopback port
+    (``clock=Clock()`` to move its time by hand)."""
+    async def start(config: Config, store: Any = None, clock: Any = time.time) -> Any:
+        return await aiohttp_client(create_app(config, store=store, clock=clock),
                                     server_kwargs={"host": "127.0.0.1"})
     return start
 

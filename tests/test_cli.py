@@ -375,3 +375,125 @@ async def heap_probe(code: str, mode: str, extra: dict[str, str]) -> str:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     return out.decode().strip()
+
+
+# -- sessions list / revoke -----------------------------------------------------------------
+
+async def _sessions_in_redis(tmp_path: Path, redis_server: Any, count: int) -> tuple[Path, Any]:
+    """A config on a real Redis, and ``count`` sessions of alice plus one of Admin,
+    started through the same lifecycle as the gateway's."""
+    from gateway.auth.sessions import SessionService
+    from gateway.auth.users import UserDirectory
+    from gateway.config import load_config
+    from gateway.store import create_store
+    prefix = f"cli{os.getpid()}{free_port()}"
+    path = write_config(tmp_path, session={"store": "redis", "redis": {
+        "url": redis_server.url, "key_prefix": prefix}})
+    config = load_config(path)
+    store = create_store(config.session)
+    users = UserDirectory(config.users_file)
+    service = SessionService(config, store, users)
+    try:
+        made = [await service.start(users.get("alice"), remember=False, ip=f"10.0.0.{i}",
+                                    user_agent="UA") for i in range(count)]
+        made.append(await service.start(users.get("Admin"), remember=False, ip="10.9.9.9",
+                                        user_agent="UA"))
+    finally:
+        users.close()
+        await store.close()
+    return path, made
+
+
+async def test_sessions_list_shows_every_live_session(tmp_path: Path, redis_server: Any) -> None:
+    path, made = await _sessions_in_redis(tmp_path, redis_server, 3)
+    code, out, err = await run_cli("sessions", "list", "--config", str(path))
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["ID", "USER", "CREATED", "LAST", "SEEN", "IP"]
+    assert sorted(line.split()[0] for line in lines[1:]) == sorted(s.id for s in made)
+    code, out, _ = await run_cli("sessions", "list", "--user", " ALICE ", "--config", str(path))
+    assert code == 0
+    assert sorted(line.split()[0] for line in out.strip().splitlines()[1:]) == \
+        sorted(s.id for s in made[:3])
+
+
+async def test_sessions_revoke_by_id_and_by_user(tmp_path: Path, redis_server: Any) -> None:
+    from gateway.config import load_config
+    from gateway.store import create_store
+    path, made = await _sessions_in_redis(tmp_path, redis_server, 3)
+    code, out, _ = await run_cli("sessions", "revoke", "--id", made[0].id, "--config", str(path))
+    assert (code, out.strip()) == (0, "revoked 1 session")
+    code, out, _ = await run_cli("sessions", "revoke", "--id", made[0].id, "--config", str(path))
+    assert (code, out.strip()) == (1, "revoked 0 sessions")          # nothing matched
+    code, out, _ = await run_cli("sessions", "revoke", "--user", "alice", "--config", str(path))
+    assert (code, out.strip()) == (0, "revoked 2 sessions")
+    store = create_store(load_config(path).session)
+    try:
+        record = await store.ended("alice", made[0].id)
+        assert (record.status, record.reason, record.actor) == ("REVOKED", "revoked_by_admin",
+                                                                "cli")
+        assert await store.user_sessions("alice") == []
+        assert [s.id for s in await store.user_sessions("admin")] == [made[3].id]
+    finally:
+        await store.close()
+
+
+async def test_sessions_need_a_shared_store(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    code, _, err = await run_cli("sessions", "list", "--config", str(path))
+    assert code == 1
+    assert err.startswith("session.store: the memory store lives inside the running gateway")
+
+
+async def test_sessions_with_redis_down_say_so(tmp_path: Path) -> None:
+    path = write_config(tmp_path, session={"store": "redis", "redis": {
+        "url": f"redis://127.0.0.1:{free_port()}/0", "timeout": "200ms"}})
+    code, _, err = await run_cli("sessions", "revoke", "--id", "x", "--config", str(path))
+    assert (code, err.strip()) == (1, "session.redis.url: the session store is unreachable")
+
+
+async def test_check_config_reports_config_and_users_file_problems_in_one_pass(
+        tmp_path: Path) -> None:
+    path = write_config(tmp_path, **BAD_OVERRIDES)
+    (tmp_path / "users.yaml").write_text(yaml.safe_dump({"users": [
+        {"username": "a", "password_hash": "plaintext", "roles": ["staff,admin"]}]}))
+    code, _, err = await run_cli("check-config", "--config", str(path))
+    assert code == 1
+    assert set(err.strip().splitlines()) == BAD_LINES | {
+        "users.file (users.yaml): users[0].password_hash: must be an argon2id hash from "
+        "'gateway hash-password'",
+        "users.file (users.yaml): users[0].roles[0]: role 'staff,admin' of user 'a' must not "
+        "contain ',', whitespace or control characters"}
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+async def test_demo_serves_the_legacy_app_behind_the_gateway(tmp_path: Path) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(GATEWAY), "demo", "--port", str(port), env=clean_env(), cwd=tmp_path,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    try:
+        banner = await asyncio.wait_for(proc.stdout.readuntil(b"Press Ctrl-C to stop."), 30)
+        assert f"open http://127.0.0.1:{port}/".encode() in banner
+        assert b"alice / alice-demo / user" in banner
+        base = f"http://127.0.0.1:{port}"
+        async with client_session() as session:
+            await Running(proc, port, tmp_path / "none").wait_healthy(session)
+            async with session.get(base + "/", allow_redirects=False,
+                                   headers={"Accept": "text/html"}) as resp:
+                assert resp.status == 302
+                assert resp.headers["Location"] == "/_gateway/login?rd=%2F"
+            async with session.post(base + "/_gateway/api/login", json={
+                    "username": "alice", "password": "alice-demo"}) as resp:
+                assert resp.status == 200
+            async with session.get(base + "/", headers={"X-Auth-User": "admin"}) as resp:
+                page = await resp.text()
+                assert resp.status == 200 and "Legacy app" in page
+                assert "<td>X-Auth-User</td><td>alice</td>" in page
+            async with session.get(base + "/admin") as resp:
+                assert resp.status == 403
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0

@@ -304,8 +304,8 @@ async def test_websocket_ends_with_its_session(upstream: Any, make_config: Any, 
     ws = await client.ws_connect("/ws", protocols=("chat",))
     await ws.send_str("before")
     assert (await ws.receive(timeout=5)).data == "echo:before"
-    resp = await client.post("/_gateway/logout", json={})
-    assert resp.status == 200 or resp.history[0].status == 303   # followed to the login page
+    resp = await client.post("/_gateway/logout", json={}, allow_redirects=False)
+    assert resp.status == 303
     msg = await ws.receive(timeout=5)
     assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1008, "session ended")
 
@@ -761,7 +761,7 @@ async def test_head_on_raw_keep_alive_connection(upstream: Any, make_config: Any
     first, _, rest = data.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200")
     assert rest.startswith(b"HTTP/1.1 200"), rest[:100]
-    assert b'"method": "GET"' in rest or b'"method":"GET"' in rest
+    assert b'"method": "GET"' in rest
 
 
 async def test_methods_and_bodies_forwarded(upstream: Any, make_config: Any,

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from authkit import (COOKIE, api_login, cookie_attrs, csrf_of, send, session_status)
-from conftest import SECRET, login, seen_headers
+from conftest import Clock, SECRET, login, seen_headers
 from gateway.state import GATEWAY
 
 INACTIVITY = "Your session expired due to inactivity"
@@ -84,7 +84,7 @@ async def test_login_page_escapes_a_hostile_rd(cfg, gateway):
     client = await gateway(cfg())
     _, page = await login_page(client, '"><script>alert(1)</script>')
     assert "<script>alert(1)" not in page
-    assert "&#34;&gt;&lt;script&gt;" in page or "&quot;&gt;&lt;script&gt;" in page
+    assert "&#34;&gt;&lt;script&gt;" in page
 
 
 async def test_login_page_defaults_rd_to_root(cfg, gateway):
@@ -418,10 +418,11 @@ async def test_api_session_with_garbage_clears_the_cookie(cfg, gateway):
 # -- POST /_gateway/api/session/refresh ----------------------------------------------
 
 async def test_refresh_extends_the_idle_window_and_get_does_not(cfg, gateway):
-    client = await gateway(cfg(session={"idle_timeout": "2s", "touch_interval": "100ms"}))
+    clock = Clock()
+    client = await gateway(cfg(session={"idle_timeout": "20s", "touch_interval": "1s"}),
+                           clock=clock)
     token = await login(client)
-    t0 = time.monotonic()
-    await asyncio.sleep(1.1)
+    clock.advance(11)
     status, body = await session_status(client, token)
     assert status == 200
     first = body["session"]
@@ -429,15 +430,15 @@ async def test_refresh_extends_the_idle_window_and_get_does_not(cfg, gateway):
     r = await send(client, "POST", "/_gateway/api/session/refresh", token=token)
     assert r.status == 200
     refreshed = r.json()["session"]
-    assert parse_iso(refreshed["last_seen_at"]) > parse_iso(first["created_at"])
-    assert parse_iso(refreshed["idle_expires_at"]) > parse_iso(first["idle_expires_at"])
+    assert parse_iso(refreshed["last_seen_at"]) == parse_iso(first["created_at"]) + 11
+    assert parse_iso(refreshed["idle_expires_at"]) == parse_iso(first["idle_expires_at"]) + 11
     assert refreshed["id"] == first["id"]
-    await asyncio.sleep(2.4 - (time.monotonic() - t0))
+    clock.advance(13)
     # Past the original idle end: alive only because of the refresh.
     status, body = await session_status(client, token)
     assert status == 200, body
-    await asyncio.sleep(3.4 - (time.monotonic() - t0))
-    # 2.3 s after the refresh; the GET at 2.4 s did not extend anything.
+    clock.advance(10)
+    # 23 s after the refresh; the GET at 24 s did not extend anything.
     status, body = await session_status(client, token)
     assert (status, body["error"]) == (401, "SESSION_EXPIRED")
 
@@ -556,38 +557,50 @@ async def test_https_form_cookie_is_secure_too(cfg, gateway):
 
 # -- idle and absolute expiry ------------------------------------------------------------
 
-async def test_activity_slides_the_idle_window_and_inactivity_ends_it(cfg, gateway, store_settings):
-    client = await gateway(cfg(session={**store_settings, "idle_timeout": "1s",
-                                        "touch_interval": "100ms"}))
+async def test_activity_slides_the_idle_window_and_inactivity_ends_it(cfg, gateway,
+                                                                     store_settings):
+    clock = Clock()
+    client = await gateway(cfg(session={**store_settings, "idle_timeout": "10s",
+                                        "touch_interval": "1s"}), clock=clock)
     token = await login(client)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 1.6:       # longer than the idle timeout, kept alive by use
+    for _ in range(8):               # 16 s: longer than the idle timeout, kept alive by use
         r = await send(client, "GET", "/work", token=token)
         assert r.status == 200, r
-        await asyncio.sleep(0.25)
-    await asyncio.sleep(1.2)
+        clock.advance(2)
+    clock.advance(10)
     r = await send(client, "GET", "/work", token=token)
     assert (r.status, r.json()["error"]) == (401, "SESSION_EXPIRED")
     status, body = await session_status(client, token)
     assert (status, body["error"]) == (401, "SESSION_EXPIRED")
 
 
-async def test_absolute_timeout_ends_the_session_despite_activity(cfg, gateway, redis_server):
-    store_settings = {"store": "redis", "redis": {"url": redis_server.url,
-                                                  "key_prefix": f"t{uuid.uuid4().hex[:12]}"}}
-    client = await gateway(cfg(session={**store_settings, "idle_timeout": "1s",
-                                        "absolute_timeout": "3s", "touch_interval": "100ms"}))
+async def test_a_session_ends_at_the_idle_timeout_not_before(cfg, gateway, store_settings):
+    """Between idle_timeout - touch_interval and idle_timeout: never late."""
+    clock = Clock()
+    client = await gateway(cfg(session={**store_settings, "idle_timeout": "10s",
+                                        "touch_interval": "1s"}), clock=clock)
     token = await login(client)
-    t0 = time.monotonic()
+    clock.advance(8.9)
+    assert (await send(client, "GET", "/work", token=token)).status == 200
+    clock.advance(10)       # 10 s after the last request that was written down
+    assert (await send(client, "GET", "/work", token=token)).status == 401
+
+
+async def test_absolute_timeout_ends_the_session_despite_activity(cfg, gateway, store_settings):
+    clock = Clock()
+    client = await gateway(cfg(session={**store_settings, "idle_timeout": "10s",
+                                        "absolute_timeout": "30s", "touch_interval": "1s"}),
+                           clock=clock)
+    token = await login(client)
     seen: list[tuple[float, int]] = []
-    while time.monotonic() - t0 < 3.3:
+    for step in range(17):
         r = await send(client, "GET", "/work", token=token)
-        seen.append((time.monotonic() - t0, r.status))
-        await asyncio.sleep(0.25)
+        seen.append((step * 2.5, r.status))
+        clock.advance(2.5)
     # Alive well past the idle timeout (activity counted)...
-    assert all(status == 200 for at, status in seen if at < 1.9), seen
+    assert all(status == 200 for at, status in seen if at < 30), seen
     # ...and dead at the absolute limit whatever the activity.
-    assert seen[-1][1] == 401, seen
+    assert all(status == 401 for at, status in seen if at >= 30), seen
     r = await send(client, "GET", "/work", token=token)
     assert r.json()["error"] == "SESSION_EXPIRED"
     # A browser is told the session ran out (not that it was idle).
@@ -598,28 +611,30 @@ async def test_absolute_timeout_ends_the_session_despite_activity(cfg, gateway, 
 
 
 async def test_remember_me_has_its_own_limits(cfg, gateway):
-    client = await gateway(cfg(session={"idle_timeout": "1s", "touch_interval": "100ms",
-                                        "remember_me_timeout": "3s",
-                                        "remember_me_idle_timeout": "1h"}))
+    clock = Clock()
+    client = await gateway(cfg(session={"idle_timeout": "10s", "touch_interval": "1s",
+                                        "remember_me_timeout": "30s",
+                                        "remember_me_idle_timeout": "1h"}), clock=clock)
     normal = await api_login(client)
     remembered = await api_login(client, remember=True)
-    t0 = time.monotonic()
-    await asyncio.sleep(1.3)
+    clock.advance(13)
     # Idle for longer than idle_timeout: only the remembered one survives.
     assert (await session_status(client, normal))[1]["error"] == "SESSION_EXPIRED"
     status, body = await session_status(client, remembered)
     assert status == 200
     assert body["session"]["remember"] is True
-    await asyncio.sleep(3.2 - (time.monotonic() - t0))
+    clock.advance(19)
     # Its own absolute limit, remember_me_timeout, still ends it.
     r = await send(client, "GET", "/work", token=remembered)
     assert (r.status, r.json()["error"]) == (401, "SESSION_EXPIRED")
 
 
 async def test_expired_browser_navigation_clears_the_cookie_and_explains(cfg, gateway):
-    client = await gateway(cfg(session={"idle_timeout": "1s", "touch_interval": "100ms"}))
+    clock = Clock()
+    client = await gateway(cfg(session={"idle_timeout": "10s", "touch_interval": "1s"}),
+                           clock=clock)
     await login(client)
-    await asyncio.sleep(1.25)
+    clock.advance(10.5)
     resp = await client.get("/docs/page?x=1", headers={"Accept": "text/html"},
                             allow_redirects=False)
     assert resp.status == 302

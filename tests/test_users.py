@@ -155,7 +155,9 @@ async def test_disabling_a_user_takes_effect_at_once_and_ends_her_sessions(
 
 
 async def test_a_disabled_user_loses_sessions_even_if_she_never_comes_back(
-        upstream, make_config, gateway, tmp_path, store_settings):
+        upstream, make_config, gateway, tmp_path, store_settings, monkeypatch):
+    # No background poll in this test: only the other user's request can notice.
+    monkeypatch.setattr("gateway.app.USERS_POLL", 3600.0)
     config = make_config(str(upstream.make_url("/")), session=store_settings)
     store = create_store(config.session)
     client = await gateway(config, store=store)

@@ -97,7 +97,7 @@ class SessionService:
         s = config.session
         self.touch_interval = min(s.touch_interval, s.idle_timeout / 10)
         self.cache = SessionCache(s.cache_ttl)
-        self.tokens = Tokens(config.secret, clock)
+        self.tokens = Tokens(config.secret)
         self.events = Events()
         self._dead: dict[str, AuthError] = {}
 
@@ -156,19 +156,23 @@ class SessionService:
         if not token:
             raise AuthError(SESSION_NOT_FOUND)
         try:
-            username, sid = self.tokens.read(token)
-        except BadToken as exc:
-            raise AuthError(SESSION_EXPIRED, "expired") if exc.expired \
-                else AuthError(JWT_INVALID) from None
+            username, sid, exp = self.tokens.read(token)
+        except BadToken:
+            raise AuthError(JWT_INVALID) from None
         dead = self._dead.get(sid)
         if dead is not None:
             raise dead
         now = self.clock()
-        session = await self._lookup(username, sid, now)
+        # The cookie's own end is the session's absolute end (to the second).
+        expired = exp <= now
+        if expired and await self.end(username, sid, ABSOLUTE, SYSTEM):
+            raise refusal_for(ABSOLUTE)
+        session = None if expired else await self._lookup(username, sid, now)
         if session is None:
             record = await self.store.ended(username, sid)
             # No record at all: it expired long ago (or never was).
-            ending = IDLE if record is None else Ending(record.status, record.reason)
+            ending = (Ending(record.status, record.reason) if record is not None
+                      else ABSOLUTE if expired else IDLE)
             error = refusal_for(ending)
             self._remember_dead(sid, error)
             raise error

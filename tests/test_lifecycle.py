@@ -1,0 +1,162 @@
+"""The one session lifecycle, through the real gateway: how sessions start and end.
+
+Every way a session ends goes through SessionService.end: it leaves an ended
+record (status, reason, actor, details) and emits exactly one event, and
+the ended cookie is refused with the right code and notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import jwt
+import pytest
+
+from authkit import api_login, send, session_status
+from conftest import Clock
+from gateway.auth.events import ENDED, STARTED, SessionEvent
+from gateway.state import GATEWAY
+from gateway.store import create_store
+
+
+def sid_of(token: str) -> str:
+    return jwt.decode(token, options={"verify_signature": False})["sid"]
+
+
+async def started(make_config: Any, gateway: Any, upstream: Any, store_settings: Any,
+                  clock: Any = None, **session: Any) -> tuple[Any, Any, list[SessionEvent]]:
+    config = make_config(str(upstream.make_url("/")), session={**store_settings, **session})
+    store = create_store(config.session, clock or __import__("time").time)
+    client = await gateway(config, store=store, **({"clock": clock} if clock else {}))
+    events: list[SessionEvent] = []
+    client.server.app[GATEWAY].sessions.events.subscribe(events.append)
+    return client, store, events
+
+
+def ends(events: list[SessionEvent]) -> list[tuple[str, str, str]]:
+    return [(e.status, e.reason, e.actor) for e in events if e.type == ENDED]
+
+
+async def test_logout_ends_with_one_event_and_a_record(upstream, make_config, gateway,
+                                                       store_settings):
+    client, store, events = await started(make_config, gateway, upstream, store_settings)
+    token = await api_login(client)
+    assert [e.type for e in events] == [STARTED]
+    r = await send(client, "POST", "/_gateway/logout", token=token, json={})
+    assert r.status == 303
+    assert ends(events) == [("LOGGED_OUT", "logout", "alice")]
+    record = await store.ended("alice", sid_of(token))
+    assert (record.status, record.reason, record.actor) == ("LOGGED_OUT", "logout", "alice")
+    assert record.session.user_agent.startswith("Python")
+    status, body = await session_status(client, token)
+    assert (status, body["error"]) == (401, "SESSION_REVOKED")
+
+
+async def test_signing_in_again_ends_the_previous_session_of_that_browser(
+        upstream, make_config, gateway, store_settings):
+    client, store, events = await started(make_config, gateway, upstream, store_settings)
+    first = await api_login(client)
+    r = await send(client, "POST", "/_gateway/api/login", token=first,
+                   json={"username": "alice", "password": "alice-pw"})
+    assert r.status == 200
+    assert ends(events) == [("LOGGED_OUT", "logout", "alice")]
+    assert (await store.ended("alice", sid_of(first))).reason == "logout"
+
+
+async def test_the_cap_ends_the_oldest_with_its_own_reason(upstream, make_config, gateway,
+                                                           store_settings):
+    client, store, events = await started(make_config, gateway, upstream, store_settings,
+                                          max_per_user=2)
+    tokens = [await api_login(client) for _ in range(3)]
+    assert ends(events) == [("REVOKED", "session_limit", "system")]
+    assert events[-1].session.id == sid_of(tokens[0])
+    r = await send(client, "GET", "/x", token=tokens[0], accept="text/html")
+    assert r.status == 302
+    assert r.set_cookies()["gateway_notice"].startswith("gateway_notice=session_limit;")
+    for token in tokens[1:]:
+        assert (await send(client, "GET", "/x", token=token)).status == 200
+
+
+async def test_twenty_parallel_logins_of_one_user_keep_the_cap(upstream, make_config, gateway,
+                                                               store_settings):
+    client, store, events = await started(make_config, gateway, upstream, store_settings,
+                                          max_per_user=5)
+    tokens = await asyncio.gather(*(api_login(client) for _ in range(20)))
+    live = [s for s in await store.user_sessions("alice")]
+    assert len(live) == 5
+    assert len(ends(events)) == 15
+    statuses = [(await send(client, "GET", "/x", token=t)).status for t in tokens]
+    assert statuses.count(200) == 5
+
+
+async def test_an_idle_expiry_is_recorded_when_observed(upstream, make_config, gateway,
+                                                        store_settings):
+    clock = Clock()
+    client, store, events = await started(make_config, gateway, upstream, store_settings,
+                                          clock=clock, idle_timeout="10m")
+    token = await api_login(client)
+    clock.advance(601)
+    r = await send(client, "GET", "/x", token=token)
+    assert (r.status, r.json()["error"]) == (401, "SESSION_EXPIRED")
+    assert ends(events) == [("EXPIRED", "idle", "system")]
+    record = await store.ended("alice", sid_of(token))
+    assert (record.status, record.reason, record.ended_at) == ("EXPIRED", "idle", clock())
+    # Seen once: the replayed cookie is refused without a second record or event.
+    assert (await send(client, "GET", "/x", token=token)).status == 401
+    assert len(ends(events)) == 1
+
+
+async def test_an_absolute_expiry_is_recorded_as_such(upstream, make_config, gateway,
+                                                      store_settings):
+    clock = Clock()
+    client, store, events = await started(make_config, gateway, upstream, store_settings,
+                                          clock=clock, idle_timeout="10m",
+                                          absolute_timeout="15m", touch_interval="1s")
+    token = await api_login(client)
+    for _ in range(3):
+        clock.advance(290)
+        assert (await send(client, "GET", "/x", token=token)).status == 200
+    clock.advance(31)       # 901 s: past the absolute end, well within the idle one
+    assert (await send(client, "GET", "/x", token=token)).status == 401
+    assert ends(events) == [("EXPIRED", "absolute", "system")]
+
+
+async def test_a_subscriber_that_fails_does_not_break_sign_in(upstream, make_config, gateway,
+                                                              store_settings, caplog):
+    client, store, events = await started(make_config, gateway, upstream, store_settings)
+
+    def broken(event: SessionEvent) -> None:
+        raise RuntimeError("subscriber bug")
+    client.server.app[GATEWAY].sessions.events.subscribe(broken)
+    token = await api_login(client)
+    assert (await send(client, "GET", "/x", token=token)).status == 200
+    assert "subscriber failed" in caplog.text
+
+
+# -- what a session records about its device -------------------------------------------------
+
+@pytest.mark.parametrize("trusted, expected_ip", [([], "127.0.0.1"),
+                                                  (["127.0.0.1/32"], "203.0.113.7")])
+async def test_a_session_records_the_client_ip_and_user_agent(upstream, make_config, gateway,
+                                                              store_settings, trusted,
+                                                              expected_ip):
+    clock = Clock()
+    config = make_config(str(upstream.make_url("/")), trusted_proxies=trusted,
+                         session={**store_settings, "touch_interval": "1s"})
+    store = create_store(config.session, clock)
+    client = await gateway(config, store=store, clock=clock)
+    r = await send(client, "POST", "/_gateway/api/login",
+                   headers=[("X-Forwarded-For", "203.0.113.7"), ("User-Agent", "Laptop/1.0")],
+                   json={"username": "alice", "password": "alice-pw"})
+    token = r.set_cookies()["gateway_session"].split("=", 1)[1].split(";", 1)[0]
+    session = await store.get("alice", sid_of(token))
+    assert (session.login_ip, session.ip) == (expected_ip, expected_ip)
+    assert (session.login_user_agent, session.user_agent) == ("Laptop/1.0", "Laptop/1.0")
+    clock.advance(5)
+    await send(client, "GET", "/x", token=token,
+               headers=[("X-Forwarded-For", "198.51.100.9"), ("User-Agent", "Laptop/2.0")])
+    session = await store.get("alice", sid_of(token))
+    moved = "198.51.100.9" if trusted else "127.0.0.1"
+    assert (session.login_ip, session.ip) == (expected_ip, moved)
+    assert (session.login_user_agent, session.user_agent) == ("Laptop/1.0", "Laptop/2.0")
