@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from .proxy.access import Router
-from .auth.assertion import AssertionSigner, assertion_key_path, load_or_create_key
+from .auth.assertion import AssertionSigner, load_or_create_key
 from .config import Config, IdentityHeaders, origin_of
 from .proxy.headers import fold
 from .proxy.pipeline import handle
@@ -47,7 +47,7 @@ def create_app(config: Config, store: SessionStore | None = None,
                                         "max_line_size": 16 * 2**10,
                                         "keepalive_timeout": config.limits.header_timeout},
                           client_max_size=64 * 2**10)
-    signer = AssertionSigner(load_or_create_key(assertion_key_path(config)),
+    signer = AssertionSigner(load_or_create_key(config.assertion_key_file),
                              issuer=config.public_url, lifetime=config.assertion.lifetime)
     own_cookies = frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE})
     users = UserDirectory(config.users_file)

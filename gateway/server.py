@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .auth.assertion import assertion_key_path, load_or_create_key
+from .auth.assertion import load_or_create_key
 from .config import Config
 
 log = logging.getLogger("gateway")
@@ -120,7 +120,7 @@ async def _every(seconds: float, job: Callable[[], object]) -> None:
 def serve(config: Config) -> int:
     configure_logging(config.log_level)
     # Create the assertion key once, before workers race to create it.
-    load_or_create_key(assertion_key_path(config))
+    load_or_create_key(config.assertion_key_file)
     host, port = config.listen
     log.info("gateway listening on http://%s:%d (%d worker%s, %s store), public URL %s",
              host, port, config.workers, "s" if config.workers > 1 else "",

@@ -92,7 +92,7 @@ BAD = [
      ["limits.max_body_size: must be a size like 64KiB, 100MiB or 1GiB (got '10 parsecs')"]),
     ({"limits": {"max_body_size": "1.5GiB"}},
      ["limits.max_body_size: must be a size like 64KiB, 100MiB or 1GiB (got '1.5GiB')"]),
-    ({"limits": {"max_header_size": "1MiB"}}, ["limits.max_header_size: must be at most 60KiB"]),
+    ({"limits": {"max_header_size": "1MiB"}}, ["limits.max_header_size: must be at most 60KiB (got '1MiB')"]),
     ({"limits": {"header_timeout": "0.5s"}},
      ["limits.header_timeout: must be at least 1s (got '0.5s')"]),
     # roles travel as one comma-separated header: no separators inside a role
@@ -146,9 +146,11 @@ BAD = [
     ({"upstreams": [up(), up(url="http://127.0.0.1:10", path_prefix="/b")]},
      ["upstreams[1].name: duplicate name 'app'"]),
     ({"upstreams": [up(rules=[{"path": "/admin"}])]},
-     ["upstreams[0].rules[0].roles: must list at least one role"]),
+     ["upstreams[0].rules[0].roles: is required"]),
     ({"upstreams": [up(rules=[{"path": "/admin", "roles": []}])]},
-     ["upstreams[0].rules[0].roles: must list at least one role"]),
+     ["upstreams[0].rules[0].roles: must list at least one role (got [])"]),
+    # a secret is never repeated in a message
+    ({"secret": "s3cr3t-but-short"}, ["secret: must be at least 32 bytes (got 16)"]),
     ({"upstreams": [up(rules=[{"path": "admin", "roles": ["a"]}])]},
      ["upstreams[0].rules[0].path: must be a path starting with '/' (got 'admin')"]),
     ({"upstreams": [up(public=["static/"])]},
@@ -363,6 +365,56 @@ def test_example_config_passes_check_config() -> None:
                             capture_output=True, text=True, env=env, timeout=30, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# Keys whose value in the example is an illustration, not the default.
+ILLUSTRATED = {"upstreams[].public", "upstreams[].rules"}
+
+
+def _schema_keys(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Every key of the schema: dotted path -> the dataclass field."""
+    from dataclasses import fields
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        meta, path = f.metadata, f"{prefix}{f.name}"
+        if "section" in meta:
+            out.update(_schema_keys(meta["section"], path + "."))
+        elif "items" in meta:
+            out[path] = f
+            out.update(_schema_keys(meta["items"], path + "[]."))
+        elif "parse" in meta:
+            out[path] = f
+    return out
+
+
+def _example_keys(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        out[path] = v
+        if isinstance(v, dict):
+            out.update(_example_keys(v, path + "."))
+        elif isinstance(v, list) and v and isinstance(v[0], dict) and k == "upstreams":
+            out.update(_example_keys(v[0], path + "[]."))
+    return out
+
+
+def test_the_example_shows_every_key_with_its_default() -> None:
+    """Defaults are written once, in the schema; the example must show the same."""
+    from gateway.config import Config
+    schema = {k: f for k, f in _schema_keys(Config).items()
+              if not k.startswith("upstreams[].rules[].")}      # the rule is an illustration
+    example = _example_keys(yaml.safe_load((REPO / "config.example.yaml").read_text()))
+    shown = {k for k in example if not isinstance(example[k], dict)}
+    assert set(schema) - shown == set(), "keys the example does not show"
+    assert shown - set(schema) == set(), "keys the example shows that do not exist"
+    for path, f in schema.items():
+        if f.metadata.get("required") or path in ILLUSTRATED or "items" in f.metadata:
+            continue
+        written = example[path]
+        parsed = None if written is None else f.metadata["parse"](written)
+        assert parsed == f.default, f"{path}: the example says {written!r}, the default is " \
+                                    f"{f.metadata['written']!r}"
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://cache.internal:6380/1",

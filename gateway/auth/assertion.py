@@ -24,11 +24,6 @@ from jwt.algorithms import ECAlgorithm
 from ..config import Config, ConfigError
 
 
-def assertion_key_path(config: Config) -> Path:
-    """``assertion.key_file``, by default next to the config file."""
-    return config.assertion.key_file or config.base_dir / "gateway-assertion-key.pem"
-
-
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Load the PEM key, creating it atomically if absent (workers race safely)."""
     if not path.exists():

@@ -1,11 +1,11 @@
-"""The one YAML config file: its schema, defaults and validation."""
+"""The one YAML config file: its schema, its values' parsers, and the loader."""
 
-from .load import (AssertionConfig, Config, ConfigError, IdentityHeaders, Limits, RedisConfig,
-                   Rule, Section, SessionConfig, Upstream, bad_role, build_config,
-                   default_config_path, load_config, origin_of, parse_duration, parse_size,
-                   read_yaml)
+from .load import ConfigError, Section, build_config, default_config_path, load_config, read_yaml
+from .schema import (AssertionConfig, Config, IdentityHeaders, Limits, RedisConfig, Rule,
+                     SessionConfig, Upstream, UsersConfig)
+from .values import bad_role, origin_of, parse_duration, parse_size
 
 __all__ = ["AssertionConfig", "Config", "ConfigError", "IdentityHeaders", "Limits",
-           "RedisConfig", "Rule", "Section", "SessionConfig", "Upstream", "bad_role",
-           "build_config", "default_config_path", "load_config", "origin_of",
+           "RedisConfig", "Rule", "Section", "SessionConfig", "Upstream", "UsersConfig",
+           "bad_role", "build_config", "default_config_path", "load_config", "origin_of",
            "parse_duration", "parse_size", "read_yaml"]

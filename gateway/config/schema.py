@@ -1,0 +1,169 @@
+"""The config's schema: every key, its default as written in YAML, its parser.
+
+Each section is a frozen dataclass; each key is declared once with ``key``:
+the default in the file's own notation (``"30m"``, ``"1GiB"``), the parser
+that reads it (values.py), and whether it is required. The loader reads
+every section from these declarations, and a test holds config.example.yaml
+to the same keys and defaults, so a default is written here and only shown
+there.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import values as v
+
+
+def key(default: Any, parse: v.Parser, *, required: bool = False) -> Any:
+    """A config key: its default as written in YAML, and how to read it."""
+    value = None if default is None else parse(default)
+    return field(default=value, metadata={"written": default, "parse": parse,
+                                          "required": required})
+
+
+def section(cls: type) -> Any:
+    """A nested mapping, read with its own schema."""
+    return field(default_factory=cls, metadata={"section": cls})
+
+
+def items(cls: type, *, required: bool = False) -> Any:
+    """A list of mappings, each read with ``cls``'s schema."""
+    return field(default=(), metadata={"items": cls, "required": required})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Requests whose path starts with ``path`` (any case) need one of ``roles``."""
+    path: str = key(None, v.path_prefix, required=True)
+    roles: tuple[str, ...] = key(None, v.role_list, required=True)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str = key(None, v.string, required=True)
+    url: str = key(None, v.url(("http", "https")), required=True)
+    path_prefix: str = key("/", v.path_prefix)
+    host: str | None = key(None, v.optional_string)
+    strip_prefix: bool = key(False, v.boolean)
+    preserve_host: bool = key(False, v.boolean)
+    connect_timeout: float = key("5s", v.duration())
+    timeout: float = key("60s", v.duration())
+    public: tuple[str, ...] = key([], v.public_paths)
+    rules: tuple[Rule, ...] = items(Rule)
+    allow_path_parameters: bool = key(False, v.boolean)
+    allow_public_cache: bool = key(False, v.boolean)
+    websocket_origins: frozenset[str] = key([], v.origins)
+
+    @functools.cached_property
+    def base(self) -> str:
+        """``url`` without a trailing slash: request paths are appended to it."""
+        return self.url.rstrip("/")
+
+    @functools.cached_property
+    def authority(self) -> str:
+        """``host[:port]`` of ``url``: the Host header unless ``preserve_host``."""
+        return urlsplit(self.url).netloc
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = key("redis://127.0.0.1:6379/0", v.url(("redis", "rediss", "unix")))
+    key_prefix: str = key("gw", v.string)
+    timeout: float = key("1s", v.duration())
+    max_connections: int = key(64, v.integer(minimum=1))
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    store: str = key("memory", v.one_of("memory", "redis"))
+    redis: RedisConfig = section(RedisConfig)
+    cookie_name: str = key("gateway_session", v.header_name)
+    idle_timeout: float = key("30m", v.duration(minimum=1))
+    absolute_timeout: float = key("12h", v.duration(minimum=1))
+    remember_me_timeout: float = key("30d", v.duration(minimum=1))
+    remember_me_idle_timeout: float = key("7d", v.duration(minimum=1))
+    touch_interval: float = key("15s", v.duration())
+    cache_ttl: float = key("5s", v.duration(minimum=0))
+    expiring_soon: float = key("5m", v.duration())
+    max_per_user: int = key(5, v.integer())
+    history: float = key("30d", v.duration(minimum=60))
+
+
+@dataclass(frozen=True)
+class UsersConfig:
+    file: str = key(None, v.string, required=True)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_size: int = key("1GiB", v.size())
+    max_header_size: int = key("32KiB", v.size(maximum=60 * 2**10))
+    header_timeout: float = key("15s", v.duration(minimum=1))
+
+
+@dataclass(frozen=True)
+class IdentityHeaders:
+    user: str = key("X-Auth-User", v.header_name)
+    email: str = key("X-Auth-Email", v.header_name)
+    name: str = key("X-Auth-Name", v.header_name)
+    roles: str = key("X-Auth-Roles", v.header_name)
+    session: str = key("X-Auth-Session", v.header_name)
+    assertion: str = key("X-Auth-Assertion", v.header_name)
+
+    def names(self) -> tuple[str, ...]:
+        return (self.user, self.email, self.name, self.roles, self.session,
+                self.assertion)
+
+
+@dataclass(frozen=True)
+class AssertionConfig:
+    key_file: str | None = key(None, v.optional_string)
+    lifetime: float = key("60s", v.duration(minimum=1))
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[str, int] = key("127.0.0.1:8080", v.parse_listen)
+    public_url: str = key(None, v.url(("http", "https")), required=True)
+    secret: str = key(None, v.secret, required=True)
+    workers: int = key(1, v.workers)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = \
+        key([], v.networks)
+    prefix: str = key("/_gateway", v.gateway_prefix)
+    allowed_redirect_hosts: tuple[str, ...] = key([], v.lowercase_list)
+    shutdown_timeout: float = key("30s", v.duration())
+    log_level: str = key("info", v.one_of(*v.LOG_LEVELS))
+    access_log: bool = key(False, v.boolean)
+    session: SessionConfig = section(SessionConfig)
+    users: UsersConfig = section(UsersConfig)
+    limits: Limits = section(Limits)
+    headers: IdentityHeaders = section(IdentityHeaders)
+    assertion: AssertionConfig = section(AssertionConfig)
+    upstreams: tuple[Upstream, ...] = items(Upstream, required=True)
+    # Not a key: the config file's folder, which relative paths resolve against.
+    base_dir: Path = Path(".")
+
+    @property
+    def users_file(self) -> Path:
+        return self.base_dir / self.users.file
+
+    @property
+    def assertion_key_file(self) -> Path:
+        """``assertion.key_file``, by default next to the config file."""
+        return self.base_dir / (self.assertion.key_file or "gateway-assertion-key.pem")
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def cookie_name(self) -> str:
+        """``__Host-`` whenever the site is https: no Domain, Path=/, Secure."""
+        name = self.session.cookie_name
+        return f"__Host-{name}" if self.secure_cookies else name
