@@ -28,6 +28,7 @@ from .proxy.pipeline import handle
 from .proxy.forward import ResponseGuard, new_client_session
 from .auth.cookies import NOTICE_COOKIE
 from .auth.sessions import USERS_FILE, SessionService
+from .auth.tokens import Tokens
 from .state import GATEWAY, Background, Gateway
 from .store import USER_DISABLED, SessionStore, StoreUnavailable, create_store
 from .auth.users import UserDirectory
@@ -59,7 +60,7 @@ def create_app(config: Config, store: SessionStore | None = None,
         gw = Gateway(
             config=config, router=Router(config.upstreams), users=users,
             store=session_store,
-            sessions=SessionService(config, session_store, users, clock),
+            sessions=SessionService(config, session_store, users, Tokens(config.secret), clock),
             signer=signer, client=client, background=background,
             strip_headers=frozenset(fold(n) for n in
                                     (*config.headers.names(), *IdentityHeaders().names())),

@@ -392,7 +392,7 @@ async def _sessions_in_redis(tmp_path: Path, redis_server: Any, count: int) -> t
     config = load_config(path)
     store = create_store(config.session)
     users = UserDirectory(config.users_file)
-    service = SessionService(config, store, users)
+    service = SessionService(config, store, users, tokens=None)
     try:
         made = [await service.start(users.get("alice"), remember=False, ip=f"10.0.0.{i}",
                                     user_agent="UA") for i in range(count)]

@@ -362,6 +362,37 @@ async def test_listing_pages_through_every_live_session_once_most_recent_first(s
     assert activity == sorted(activity, reverse=True)
 
 
+async def test_listing_pages_through_many_sessions_of_one_millisecond(store, clock):
+    made = [make(clock, f"user{i}") for i in range(130)]
+    for s in made:
+        s.last_seen_at = round(clock(), 3)
+    await create(store, *made)
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        page = await store.list_sessions(cursor, 50)
+        seen += ids(page.sessions)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(seen) == 130 and set(seen) == set(ids(made))
+
+
+async def test_listing_resumes_when_the_cursor_session_moves_or_ends(store, clock):
+    made = [make(clock, f"user{i}") for i in range(6)]
+    for i, s in enumerate(made):
+        s.last_seen_at = clock() - i
+    await create(store, *made)
+    first = await store.list_sessions(None, 2)
+    assert ids(first.sessions) == ids(made[:2])
+    # The last session shown becomes active again (moves to the top) and one ends.
+    clock.advance(1)
+    await touch(store, made[1], last_seen_at=clock())
+    await store.end("user2", made[2].id, LOGOUT, "user2", clock(), HISTORY)
+    rest = await store.list_sessions(first.next_cursor, 10)
+    assert ids(rest.sessions) == ids(made[3:])
+
+
 @pytest.mark.parametrize("cursor", ["x", "!!", "bnVsbA", "WzEsMl0"])
 async def test_a_forged_cursor_is_refused(store, cursor):
     with pytest.raises(ValueError):

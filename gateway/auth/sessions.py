@@ -26,15 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..store import (ABSOLUTE, EXPIRED, IDLE, SESSION_LIMIT, USER_DISABLED, Ending,
                      Session, SessionStore, StoreUnavailable)
 from .cache import SessionCache
 from .events import ENDED, STARTED, Events, SessionEvent
-from .tokens import BadToken, Tokens
-from .users import User, UserDirectory
+if TYPE_CHECKING:
+    from .tokens import Tokens
+    from .users import User, UserDirectory
 
 log = logging.getLogger("gateway.sessions")
 _MAX_REMEMBERED = 10_000
@@ -85,11 +86,12 @@ def refusal_for(ending: Ending) -> AuthError:
 
 
 class SessionService:
-    """``users`` is None only in operator tools (the CLI), which end sessions
-    but never authenticate a request."""
+    """``users`` and ``tokens`` are None only in operator tools (the CLI),
+    which start and end sessions but never authenticate a request; they are
+    passed in so that such a tool loads neither argon2 nor the JWT stack."""
 
     def __init__(self, config: Config, store: SessionStore, users: UserDirectory | None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 tokens: Tokens | None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
         self.users = users
@@ -97,7 +99,7 @@ class SessionService:
         s = config.session
         self.touch_interval = min(s.touch_interval, s.idle_timeout / 10)
         self.cache = SessionCache(s.cache_ttl)
-        self.tokens = Tokens(config.secret)
+        self.tokens = tokens
         self.events = Events()
         self._dead: dict[str, AuthError] = {}
 
@@ -155,10 +157,11 @@ class SessionService:
         """
         if not token:
             raise AuthError(SESSION_NOT_FOUND)
-        try:
-            username, sid, exp = self.tokens.read(token)
-        except BadToken:
-            raise AuthError(JWT_INVALID) from None
+        assert self.tokens is not None and self.users is not None, "not in an operator tool"
+        claims = self.tokens.read(token)
+        if claims is None:
+            raise AuthError(JWT_INVALID)
+        username, sid, exp = claims
         dead = self._dead.get(sid)
         if dead is not None:
             raise dead
@@ -180,7 +183,6 @@ class SessionService:
             ending = session.ending(now)
             await self.end(username, sid, ending, SYSTEM)
             raise refusal_for(ending)
-        assert self.users is not None, "authenticate needs the users file"
         user = self.users.get(username)
         if user is None or user.disabled:
             await self.end(username, sid, USER_DISABLED, USERS_FILE)

@@ -15,10 +15,6 @@ from ..store import Session
 _MAX_REMEMBERED = 10_000
 
 
-class BadToken(Exception):
-    """The token is not one of ours, or is malformed."""
-
-
 class Tokens:
     def __init__(self, secret: str) -> None:
         self._secret = secret
@@ -29,10 +25,10 @@ class Tokens:
                            "iat": int(session.created_at), "exp": int(session.expires_at)},
                           self._secret, algorithm="HS256")
 
-    def read(self, token: str) -> tuple[str, str, float]:
-        """``(username, sid, exp)`` of a token we signed, or BadToken. The
-        caller judges ``exp``: an expired token still names its session, so
-        that the session's end can be recorded."""
+    def read(self, token: str) -> tuple[str, str, float] | None:
+        """``(username, sid, exp)`` of a token we signed; None for anything
+        else. The caller judges ``exp``: an expired token still names its
+        session, so that the session's end can be recorded."""
         hit = self._claims.get(token)
         if hit is None:
             try:
@@ -40,11 +36,11 @@ class Tokens:
                                     options={"require": ["exp", "sid", "sub"],
                                              "verify_exp": False})
             except jwt.InvalidTokenError:
-                raise BadToken() from None
+                return None
             sid, sub, exp = claims["sid"], claims["sub"], claims["exp"]
             if not isinstance(sid, str) or not isinstance(sub, str) or not sid or not sub \
                     or isinstance(exp, bool) or not isinstance(exp, (int, float)):
-                raise BadToken()
+                return None
             if len(self._claims) >= _MAX_REMEMBERED:
                 self._claims.clear()
             hit = self._claims[token] = (sub, sid, float(exp))

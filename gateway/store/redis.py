@@ -334,34 +334,51 @@ class RedisSessionStore(SessionStore):
         return session if session and session.alive(self.clock()) else None
 
     async def list_sessions(self, cursor: str | None, limit: int) -> Page:
+        """A page from ``gw:all``, read by rank from just after the cursor's entry:
+        O(log N + page) however many sessions share a millisecond."""
         after = decode_cursor(cursor)
+        start = 0
+        if after is not None:
+            start = await self._position_after(after)
         now = self.clock()
         found: list[tuple[Session, int, str]] = []
-        top: Any = "+inf" if after is None else int(after[0])
-        seen = None if after is None else after[1]
         while len(found) <= limit:
             want = limit + 1 - len(found)
             entries = await self._call(lambda: self.redis.zrange(
-                self.all_key, top, "-inf", desc=True, byscore=True, withscores=True,
-                offset=0, num=want + 64))
-            # Equal scores come in descending member order: skip what was seen.
-            fresh = [(m.decode(), int(sc)) for m, sc in entries
-                     if seen is None or int(sc) != top or m.decode() < seen]
-            if not fresh:
+                self.all_key, start, start + want - 1, desc=True, withscores=True))
+            if not entries:
                 break
-            for (member, score), session in zip(fresh, await self._load(fresh)):
-                if session is not None and session.alive(now):
-                    found.append((session, score, member))
-            top, seen = fresh[-1][1], fresh[-1][0]
-            if len(entries) < want + 64:
+            batch = [(m.decode(), int(sc)) for m, sc in entries]
+            sessions, dangling = await self._load(batch)
+            found += [(session, score, member) for (member, score), session
+                      in zip(batch, sessions) if session is not None and session.alive(now)]
+            start += len(batch) - dangling
+            if len(batch) < want:
                 break
         if len(found) <= limit:
             return Page([s for s, _, _ in found], None)
-        last = found[limit - 1]
-        return Page([s for s, _, _ in found[:limit]], encode_cursor(last[1], last[2]))
+        _, score, member = found[limit - 1]
+        return Page([s for s, _, _ in found[:limit]], encode_cursor(score, member))
 
-    async def _load(self, entries: list[tuple[str, int]]) -> list[Session | None]:
-        """The sessions behind global-listing entries; dangling entries are removed."""
+    async def _position_after(self, after: tuple[float, str]) -> int:
+        """Where the page after the cursor's entry starts. If that entry moved
+        (new activity) or went, resume after its old score instead."""
+        score, member = int(after[0]), after[1]
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrevrank(self.all_key, member)
+                pipe.zscore(self.all_key, member)
+                pipe.zcount(self.all_key, f"({score}", "+inf")
+                return await pipe.execute()
+        rank, current, above = await self._call(run)
+        if rank is not None and current is not None and int(current) == score:
+            return rank + 1
+        return above
+
+    async def _load(self, entries: list[tuple[str, int]]) -> tuple[list[Session | None], int]:
+        """The sessions behind global-listing entries, and how many entries
+        pointed at nothing (those are removed)."""
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for member, _ in entries:
@@ -378,7 +395,7 @@ class RedisSessionStore(SessionStore):
             out.append(session)
         if dangling:
             await self._call(lambda: self.redis.zrem(self.all_key, *dangling))
-        return out
+        return out, len(dangling)
 
     async def watch_revocations(self, on_ready: Callable[[], None],
                                 on_revoked: Callable[[str], None]) -> None:

@@ -1,0 +1,164 @@
+"""``python -m bench.listing``: listing and finding sessions with a million in Redis.
+
+Loads N sessions (``--sessions``, default 1,000,000; 4 per user) into a real
+redis-server with the store's own scripts, then, in one process that stands
+in for a worker (uvloop, the configured store):
+
+- pages of 50 from the global listing: the first, and 20 more by cursor;
+- one user's sessions; find by id (200 random ids);
+- the event loop's longest stall meanwhile (a 1 ms ticker's worst lateness);
+- the process's RSS growth over all of it;
+
+and times ``gateway sessions revoke --id`` end to end (a fresh process:
+start, config, connect, find, end). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from . import gwctl
+from .procs import REPO_DIR, Stack, gateway_command
+from .scenarios import bench_usernames
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def measure(cfg: gwctl.GatewayConfig, count: int) -> dict[str, Any]:
+    from gateway.config import load_config
+    from gateway.store import create_store
+    store = create_store(load_config(cfg.path).session)
+    stalls: list[float] = []
+    running = True
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        while running:
+            t = loop.time()
+            await asyncio.sleep(0.001)
+            stalls.append(loop.time() - t - 0.001)
+
+    try:
+        await store.ping()
+        first = await store.list_sessions(None, 50)  # warm: scripts, connections
+        gc.collect()
+        rss0 = rss_mib()
+        tick = asyncio.ensure_future(ticker())
+        pages, cursor = [], None
+        for _ in range(21):
+            t0 = time.perf_counter()
+            page = await store.list_sessions(cursor, 50)
+            pages.append((time.perf_counter() - t0) * 1000)
+            assert len(page.sessions) == 50, len(page.sessions)
+            cursor = page.next_cursor
+        members = await store.redis.zrandmember(store.all_key, 200)
+        sids = [m.decode().partition(":")[2] for m in members]
+        finds = []
+        for sid in sids:
+            t0 = time.perf_counter()
+            found = await store.find(sid)
+            finds.append((time.perf_counter() - t0) * 1000)
+            assert found is not None
+        user = "bulk0"
+        t0 = time.perf_counter()
+        mine = await store.user_sessions(user)
+        user_ms = (time.perf_counter() - t0) * 1000
+        running = False
+        await tick
+        gc.collect()
+        rss1 = rss_mib()
+        finds.sort()
+        return {"first_page_ms": pages[0], "page_median_ms": statistics.median(pages[1:]),
+                "page_max_ms": max(pages), "find_median_ms": statistics.median(finds),
+                "find_p99_ms": finds[int(len(finds) * 0.99) - 1], "find_max_ms": finds[-1],
+                "user_sessions_ms": user_ms, "user_sessions": len(mine),
+                "stall_max_ms": max(stalls) * 1000, "rss_growth_mib": rss1 - rss0,
+                "sessions": count}
+    finally:
+        await store.close()
+
+
+def time_cli_revoke(cfg: gwctl.GatewayConfig, sids: list[str]) -> list[float]:
+    """As an operator's shell runs it: bytecode cached (one untimed run first)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(gateway_command() + ["sessions", "revoke", "--id", "warm-up",
+                                        "--config", str(cfg.path)],
+                   capture_output=True, timeout=60, cwd=REPO_DIR, env=env)
+    out = []
+    for sid in sids:
+        t0 = time.monotonic()
+        done = subprocess.run(gateway_command() + ["sessions", "revoke", "--id", sid,
+                                                   "--config", str(cfg.path)],
+                              capture_output=True, text=True, timeout=60, cwd=REPO_DIR,
+                              env=env)
+        out.append((time.monotonic() - t0) * 1000)
+        if done.returncode != 0 or done.stdout.strip() != "revoked 1 session":
+            raise RuntimeError(f"revoke --id: {done.returncode} {done.stdout} {done.stderr}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.listing", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, default=1_000_000)
+    args = p.parse_args(argv)
+    stack = Stack()
+    try:
+        redis = stack.redis()
+        d = stack.dir("gw")
+        cfg = gwctl.write_config(d, port=1, redis_port=redis.port, upstream_port=1, workers=1,
+                                 usernames=bench_usernames(), hashed=gwctl.password_hash())
+        t0 = time.monotonic()
+        gwctl.bulk_create(cfg, args.sessions)
+        load_s = time.monotonic() - t0
+        keys, used = gwctl.redis_size(redis.port)
+        print(f"loaded {args.sessions:,} sessions in {load_s:.0f} s: {keys:,} keys, "
+              f"{used / 2**20:,.0f} MiB used ({used / args.sessions:,.0f} B per session)",
+              flush=True)
+        result = uvloop.run(measure(cfg, args.sessions))
+        sample = [s.decode() for s in __import__("redis").Redis(port=redis.port)
+                  .zrandmember(f"gw:all", 5)]
+        cli = time_cli_revoke(cfg, [m.partition(":")[2] for m in sample])
+        rows = [
+            ("first page of 50", f"{result['first_page_ms']:.1f} ms"),
+            ("next 20 pages of 50, by cursor: median / max",
+             f"{result['page_median_ms']:.1f} / {result['page_max_ms']:.1f} ms"),
+            ("find by id (200 random): median / p99 / max",
+             f"{result['find_median_ms']:.2f} / {result['find_p99_ms']:.2f} / "
+             f"{result['find_max_ms']:.2f} ms"),
+            (f"one user's sessions ({result['user_sessions']})",
+             f"{result['user_sessions_ms']:.2f} ms"),
+            ("`gateway sessions revoke --id` (5 runs): median / max",
+             f"{statistics.median(cli):.0f} / {max(cli):.0f} ms"),
+            ("longest event-loop stall meanwhile", f"{result['stall_max_ms']:.1f} ms"),
+            ("RSS growth of the process meanwhile", f"{result['rss_growth_mib']:.1f} MiB"),
+            ("Redis memory per session (all keys and indexes)",
+             f"{used / args.sessions:,.0f} B"),
+        ]
+        print(f"\n**Listing with {args.sessions:,} sessions in Redis**\n")
+        print("| measure | result |\n|---|---|")
+        for name, value in rows:
+            print(f"| {name} | {value} |")
+    finally:
+        stack.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
