@@ -1,0 +1,91 @@
+"""The decision every entry point needs: may this request reach an upstream?
+
+    canonical path -> upstream -> path parameters -> session -> roles
+
+``decide`` answers with a Decision (go ahead: which upstream, which path,
+who is asking) or a Refusal (why not). The proxy pipeline forwards on a
+Decision; forward-auth, rate limits, metrics and security events reuse the
+same step rather than repeating it. Apart from the session lookup it does
+no I/O, and it never builds a response: that is the caller's to shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..auth.sessions import AuthError, Identity
+from ..config import Upstream
+from ..state import Gateway
+from ..store import StoreUnavailable
+from .access import is_public, missing_roles
+from .headers import cookie_value
+from .paths import BadPath, has_prefix, normalize_path, without_path_parameters
+
+
+@dataclass(slots=True)
+class Decision:
+    upstream: Upstream
+    encoded_path: str              # the canonical path, as it is forwarded
+    identity: Identity | None      # None on a public path
+    token: str | None              # the session cookie's value, when one was needed
+
+
+@dataclass(slots=True)
+class Refusal:
+    status: int
+    code: str
+    detail: str | None = None
+    # No valid session: browsers are sent to sign in, others get 401.
+    auth: AuthError | None = None
+    had_cookie: bool = False
+
+
+_NOT_FOUND = Refusal(404, "NOT_FOUND")
+_PATH_PARAMETERS = Refusal(400, "BAD_REQUEST", "The request path contains ';' (path "
+                                               "parameters), which this application does "
+                                               "not accept.")
+_STORE_DOWN = Refusal(503, "STORE_UNAVAILABLE")
+_NO_ROLE = Refusal(403, "FORBIDDEN", "Your account does not have access to this page.")
+
+
+async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip: str,
+                 user_agent: str) -> Decision | Refusal:
+    config = gw.config
+    # One canonical path: what is judged below is exactly what is forwarded.
+    try:
+        path, encoded_path = normalize_path(raw_path)
+    except BadPath as exc:
+        return Refusal(400, "BAD_REQUEST", str(exc))
+
+    # The upstream that serves it. A path that only resolves into the
+    # gateway's own prefix (``/x/../_gateway/...``) belongs to nobody.
+    upstream = gw.router.match(host, path)
+    if upstream is None or has_prefix(path, config.prefix):
+        return _NOT_FOUND
+
+    # Servlet containers read "/;x/admin" as "/admin". Refused unless the
+    # upstream opts in; then both readings are judged and the stricter wins.
+    servlet_path = path
+    if ";" in path:
+        if not upstream.allow_path_parameters:
+            return _PATH_PARAMETERS
+        servlet_path = without_path_parameters(path)
+        if has_prefix(servlet_path, config.prefix):
+            return _NOT_FOUND
+
+    # Who is asking: public paths need nobody, all else a live session...
+    if is_public(upstream, path) and (servlet_path is path or is_public(upstream, servlet_path)):
+        return Decision(upstream, encoded_path, None, None)
+    token = cookie_value(cookies, config.cookie_name)
+    try:
+        identity = await gw.sessions.authenticate(token, ip=ip, user_agent=user_agent)
+    except AuthError as exc:
+        return Refusal(401, exc.code, auth=exc, had_cookie=token is not None)
+    except StoreUnavailable:
+        return _STORE_DOWN
+    # ...with a role for every rule that covers the path.
+    roles = identity.user.roles
+    if missing_roles(upstream, path, roles) or (
+            servlet_path is not path and missing_roles(upstream, servlet_path, roles)):
+        return _NO_ROLE
+    return Decision(upstream, encoded_path, identity, token)
