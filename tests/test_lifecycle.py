@@ -160,3 +160,10 @@ async def test_a_session_records_the_client_ip_and_user_agent(upstream, make_con
     moved = "198.51.100.9" if trusted else "127.0.0.1"
     assert (session.login_ip, session.ip) == (expected_ip, moved)
     assert (session.login_user_agent, session.user_agent) == ("Laptop/1.0", "Laptop/2.0")
+
+
+def test_session_ids_are_long_random_and_never_look_like_an_option():
+    from gateway.auth.sessions import new_session_id
+    ids = {new_session_id() for _ in range(3000)}
+    assert len(ids) == 3000
+    assert all(len(i) == 43 and not i.startswith("-") for i in ids)
