@@ -1,6 +1,6 @@
 """``python -m bench.ab --base REV``: the hot path of this tree against a commit.
 
-Two gateways (2 workers each, Redis store, the same nginx upstream) run side
+Two gateways (2 workers each, a Redis each, the same nginx upstream) run side
 by side: one from a ``git worktree`` of REV, one from the working tree. wrk
 drives them in turn, in interleaved rounds (ABAB...), so that the drift of a
 shared machine falls on both alike; the report is each one's median req/s
@@ -74,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                    check=True, capture_output=True)
     try:
         upstream = stack.upstream(1 << 20)
-        redis = stack.redis()
+        # A Redis each: two versions may keep sessions in different formats.
+        redis_base, redis_head = stack.redis("redis-base"), stack.redis("redis-head")
         hashed = gwctl.password_hash()
-        started = {base: start(stack, "gw-base", tree, redis.port, upstream.port, hashed),
-                   head: start(stack, "gw-head", REPO_DIR, redis.port, upstream.port, hashed)}
+        started = {base: start(stack, "gw-base", tree, redis_base.port, upstream.port, hashed),
+                   head: start(stack, "gw-head", REPO_DIR, redis_head.port, upstream.port,
+                               hashed)}
         gateways = {name: cfg for name, (cfg, _) in started.items()}
         pids = {name: pid for name, (_, pid) in started.items()}
         cpu_ms: dict[str, list[float]] = {name: [] for name in gateways}
