@@ -27,6 +27,8 @@ from .proxy.headers import fold
 from .proxy.pipeline import handle
 from .proxy.forward import ResponseGuard, new_client_session
 from .auth.cookies import NOTICE_COOKIE
+from .auth.devices import warm_up
+from .auth.geo import Locator
 from .auth.sessions import USERS_FILE, SessionService
 from .auth.tokens import Tokens
 from .state import GATEWAY, Background, Gateway
@@ -52,6 +54,7 @@ def create_app(config: Config, store: SessionStore | None = None,
                              issuer=config.public_url, lifetime=config.assertion.lifetime)
     own_cookies = frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE})
     users = UserDirectory(config.users_file)
+    locator = Locator(config.geoip_database) if config.geoip_database else None
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         session_store = store or create_store(config.session, clock)
@@ -66,12 +69,15 @@ def create_app(config: Config, store: SessionStore | None = None,
                                     (*config.headers.names(), *IdentityHeaders().names())),
             own_cookies=own_cookies,
             response_guard=ResponseGuard(own_cookies),
-            public_origin=origin_of(config.public_url))
+            public_origin=origin_of(config.public_url),
+            locator=locator)
         app[GATEWAY] = gw
         users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),
                                                       "end sessions of lost users")
         background.spawn(gw.sessions.follow_revocations(), "revocation feed")
         background.spawn(_watch_users_file(users), "users file")
+        # ua-parser loads its rules on first use (0.2 s): not on the event loop.
+        background.spawn(asyncio.to_thread(warm_up), "user-agent rules")
         try:
             yield
         finally:
@@ -79,6 +85,8 @@ def create_app(config: Config, store: SessionStore | None = None,
             await client.close()
             await session_store.close()
             users.close()
+            if locator is not None:
+                locator.close()
 
     app.cleanup_ctx.append(resources)
     add_gateway_routes(app, config)

@@ -36,6 +36,12 @@ def _load(path: str | None) -> Config:
             load_users_file(users_file)
         except ConfigError as exc:
             problems += exc.problems
+    if config is not None and config.geoip_database is not None:
+        from .auth.geo import Locator
+        try:
+            Locator(config.geoip_database).close()
+        except ConfigError as exc:
+            problems += exc.problems
     if problems or config is None:
         raise ConfigError(problems)
     return config

@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from .auth.assertion import AssertionSigner
+from .auth.geo import Locator
 from .auth.sessions import SessionService
 from .auth.users import UserDirectory
 from .config import Config
@@ -66,6 +67,8 @@ class Gateway:
     response_guard: ResponseGuard
     # config.origin_of(config.public_url): WebSockets may be opened from it.
     public_origin: str | None
+    # Locations of IP addresses, when geoip.database is set.
+    locator: Locator | None
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

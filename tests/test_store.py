@@ -305,6 +305,36 @@ async def test_create_ends_the_oldest_beyond_the_cap(store, clock):
     assert await store.create(make(clock, "bob"), 3, HISTORY) == []
 
 
+async def test_the_cap_ends_the_least_recently_active_first(store, clock):
+    old_but_busy, young_but_idle = make(clock, age=100), make(clock, age=10)
+    await create(store, old_but_busy, young_but_idle)
+    clock.advance(5)
+    await touch(store, old_but_busy, last_seen_at=clock())
+    evicted = await store.create(make(clock), 2, HISTORY)
+    assert ids(evicted) == [young_but_idle.id]
+
+
+async def test_refuse_at_the_cap_saves_nothing(store, clock):
+    from gateway.store import AtCapacity
+    first, second = make(clock), make(clock)
+    await create(store, first, second)
+    third = make(clock)
+    with pytest.raises(AtCapacity):
+        await store.create(third, 2, HISTORY, refuse=True)
+    assert sorted(ids(await store.user_sessions("alice"))) == sorted([first.id, second.id])
+    assert await store.get("alice", third.id) is None
+    await store.end("alice", first.id, LOGOUT, "alice", clock(), HISTORY)
+    assert await store.create(third, 2, HISTORY, refuse=True) == []
+
+
+async def test_refuse_holds_under_twenty_parallel_logins(store, clock):
+    from gateway.store import AtCapacity
+    results = await asyncio.gather(*(store.create(make(clock), 5, HISTORY, refuse=True)
+                                     for _ in range(20)), return_exceptions=True)
+    assert sum(isinstance(r, AtCapacity) for r in results) == 15
+    assert len(await store.user_sessions("alice")) == 5
+
+
 async def test_the_cap_holds_under_twenty_parallel_logins(store, clock):
     sessions = [make(clock, age=20 - i) for i in range(20)]
     results = await asyncio.gather(*(store.create(s, 5, HISTORY) for s in sessions))

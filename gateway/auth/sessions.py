@@ -113,8 +113,12 @@ class SessionService:
         self._dead: dict[str, AuthError] = {}
 
     # -- start -----------------------------------------------------------
-    async def start(self, user: User, *, remember: bool, ip: str, user_agent: str) -> Session:
-        """A brand-new session; the user's oldest beyond the cap end in the same step."""
+    async def start(self, user: User, *, remember: bool, ip: str, user_agent: str,
+                    make_room: bool = False) -> Session:
+        """A brand-new session. At ``session.max_per_user`` the least recently
+        active session ends in the same step, or, with ``on_limit: refuse``,
+        AtCapacity is raised and nothing is saved (``make_room``: the user
+        asked to end the least recently active one anyway)."""
         s = self.config.session
         now = self.clock()
         session = Session(
@@ -124,7 +128,8 @@ class SessionService:
             idle_timeout=s.remember_me_idle_timeout if remember else s.idle_timeout,
             remember=remember, login_ip=ip, login_user_agent=user_agent[:512],
             ip=ip, user_agent=user_agent[:512])
-        evicted = await self.store.create(session, s.max_per_user, s.history)
+        refuse = s.on_limit == "refuse" and not make_room
+        evicted = await self.store.create(session, s.max_per_user, s.history, refuse=refuse)
         self.events.emit(SessionEvent(STARTED, session, now, actor=user.key))
         for old in evicted:
             self._ended(old, SESSION_LIMIT, SYSTEM, now)
@@ -260,6 +265,25 @@ class SessionService:
             finally:
                 self.cache.stop()
             await asyncio.sleep(1)
+
+    # -- re-authentication --------------------------------------------------
+    def reauth_due(self, session: Session) -> bool:
+        """Whether a sensitive action must ask for the password again (ASVS 7.5.2)."""
+        entered = session.authenticated_at or session.created_at
+        return self.clock() - entered >= self.config.session.reauth_after
+
+    async def reauthenticate(self, identity: Identity, password: str) -> bool:
+        """Check the password of the session's user; on success the session
+        counts as freshly signed in for ``session.reauth_after``."""
+        assert self.users is not None, "not in an operator tool"
+        if await self.users.verify(identity.user.username, password) is None:
+            return False
+        now = self.clock()
+        changes = {"authenticated_at": now}
+        self.cache.drop(identity.session.id)
+        await self.store.touch(replace(identity.session, **changes), changes)
+        identity.session = replace(identity.session, **changes)
+        return True
 
     # -- what the APIs show ------------------------------------------------
     def cookie_max_age(self, session: Session) -> int | None:

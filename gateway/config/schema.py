@@ -90,14 +90,21 @@ class SessionConfig:
     remember_me_idle_timeout: float = key("7d", v.duration(minimum=1))
     touch_interval: float = key("15s", v.duration())
     cache_ttl: float = key("5s", v.duration(minimum=0))
-    expiring_soon: float = key("5m", v.duration())
+    expiring_soon: float = key("2m", v.duration())
     max_per_user: int = key(5, v.integer())
+    on_limit: str = key("evict_oldest", v.one_of("evict_oldest", "refuse"))
     history: float = key("30d", v.duration(minimum=60))
+    reauth_after: float = key("10m", v.duration(minimum=0))
 
 
 @dataclass(frozen=True)
 class UsersConfig:
     file: str = key(None, v.string, required=True)
+
+
+@dataclass(frozen=True)
+class GeoIPConfig:
+    database: str | None = key(None, v.optional_string)
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ class Config:
     limits: Limits = section(Limits)
     headers: IdentityHeaders = section(IdentityHeaders)
     assertion: AssertionConfig = section(AssertionConfig)
+    geoip: GeoIPConfig = section(GeoIPConfig)
     upstreams: tuple[Upstream, ...] = items(Upstream, required=True)
     # Not a key: the config file's folder, which relative paths resolve against.
     base_dir: Path = Path(".")
@@ -157,6 +165,10 @@ class Config:
     def assertion_key_file(self) -> Path:
         """``assertion.key_file``, by default next to the config file."""
         return self.base_dir / (self.assertion.key_file or "gateway-assertion-key.pem")
+
+    @property
+    def geoip_database(self) -> Path | None:
+        return self.base_dir / self.geoip.database if self.geoip.database else None
 
     @property
     def secure_cookies(self) -> bool:

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from ..config import SessionConfig
 from .base import (ABSOLUTE, ENDINGS, EXPIRED, IDLE, LOGGED_OUT, LOGOUT, REVOKED,
                    REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, USER_DISABLED,
-                   EndedSession, Ending, Page, Session, SessionStore, StoreUnavailable)
+                   AtCapacity, EndedSession, Ending, Page, Session, SessionStore,
+                   StoreUnavailable)
 
 __all__ = ["create_store", "ABSOLUTE", "ENDINGS", "EXPIRED", "IDLE", "LOGGED_OUT", "LOGOUT",
            "REVOKED", "REVOKED_BY_ADMIN", "REVOKED_BY_USER", "SESSION_LIMIT", "USER_DISABLED",
-           "EndedSession", "Ending", "Page", "Session", "SessionStore", "StoreUnavailable"]
+           "AtCapacity", "EndedSession", "Ending", "Page", "Session", "SessionStore", "StoreUnavailable"]
 
 
 def create_store(config: SessionConfig, clock: Callable[[], float] = time.time) -> SessionStore:

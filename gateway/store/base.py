@@ -24,6 +24,10 @@ class StoreUnavailable(Exception):
     """The store could not answer; callers fail closed (503), never open."""
 
 
+class AtCapacity(Exception):
+    """The user has ``max_per_user`` live sessions and ``on_limit`` is refuse."""
+
+
 RECORD_VERSION = 1
 
 
@@ -66,6 +70,7 @@ _PARSE: dict[str, Callable[[Any], Any]] = {
     "id": str, "username": str, "created_at": _number, "last_seen_at": _number,
     "expires_at": _number, "idle_timeout": _number, "remember": _flag,
     "login_ip": str, "login_user_agent": str, "ip": str, "user_agent": str,
+    "authenticated_at": _number,
 }
 
 
@@ -82,6 +87,9 @@ class Session:
     login_user_agent: str = ""
     ip: str = ""
     user_agent: str = ""
+    # When the password was last entered for this session: at sign-in, and
+    # again when a sensitive action asked for it (0: the sign-in itself).
+    authenticated_at: float = 0.0
     # Fields written by a newer gateway, kept as they came.
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -143,7 +151,8 @@ def encode_fields(values: Mapping[str, Any]) -> dict[str, str]:
             for k, v in values.items()}
 
 
-_NUMBERS = frozenset({"created_at", "last_seen_at", "expires_at", "idle_timeout"})
+_NUMBERS = frozenset({"created_at", "last_seen_at", "expires_at", "idle_timeout",
+                      "authenticated_at"})
 _REQUIRED = frozenset({"id", "username", "created_at", "last_seen_at", "expires_at",
                        "idle_timeout"})
 SESSION_FIELDS = tuple(f.name for f in fields(Session) if f.name != "extra")
@@ -194,9 +203,12 @@ class SessionStore(ABC):
     """
 
     @abstractmethod
-    async def create(self, session: Session, cap: int, history: float) -> list[Session]:
-        """Save a new session; end the user's oldest beyond ``cap`` (0: no cap) as
-        SESSION_LIMIT, in the same atomic step. Returns the sessions it ended."""
+    async def create(self, session: Session, cap: int, history: float,
+                     refuse: bool = False) -> list[Session]:
+        """Save a new session and, in the same atomic step, keep the user within
+        ``cap`` live sessions (0: no cap): end the least recently active as
+        SESSION_LIMIT and return them, or with ``refuse`` raise AtCapacity
+        and save nothing."""
 
     @abstractmethod
     async def get(self, username: str, sid: str) -> Session | None:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .base import (SESSION_LIMIT, EndedSession, Ending, Page, Session, SessionStore)
+from .base import (SESSION_LIMIT, AtCapacity, EndedSession, Ending, Page, Session,
+                   SessionStore)
 from .paging import decode_cursor, encode_cursor
 
 
@@ -25,16 +26,20 @@ class MemorySessionStore(SessionStore):
         self._ended_until: dict[str, float] = {}
         self._next_sweep = 0.0
 
-    async def create(self, session: Session, cap: int, history: float) -> list[Session]:
+    async def create(self, session: Session, cap: int, history: float,
+                     refuse: bool = False) -> list[Session]:
         self._sweep()
         now = self._clock()
+        live = sorted((s for s in map(self._sessions.get,
+                                      self._by_user.get(session.username, ()))
+                       if s is not None and s.alive(now)),
+                      key=lambda s: (s.last_seen_at, s.created_at, s.id))
+        if cap and refuse and len(live) >= cap:
+            raise AtCapacity()
         self._sessions[session.id] = replace(session, extra=dict(session.extra))
         self._by_user.setdefault(session.username, set()).add(session.id)
         evicted: list[Session] = []
         if cap:
-            live = sorted((s for s in map(self._sessions.get, self._by_user[session.username])
-                           if s is not None and s.alive(now) and s.id != session.id),
-                          key=lambda s: (s.created_at, s.id))
             for old in live[:max(0, len(live) + 1 - cap)]:
                 ended = await self.end(old.username, old.id, SESSION_LIMIT, "system", now,
                                        history)

@@ -39,8 +39,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ..config import RedisConfig
-from .base import (SESSION_LIMIT, EndedSession, Ending, Page, Session, SessionStore,
-                   StoreUnavailable, encode_fields)
+from .base import (SESSION_LIMIT, AtCapacity, EndedSession, Ending, Page, Session,
+                   SessionStore, StoreUnavailable, encode_fields)
 from .client import connect
 from .paging import decode_cursor, encode_cursor
 
@@ -101,33 +101,39 @@ end
 
 # KEYS: session, index. ARGV: prefix, tag, sid, now_ms, keep_until_ms,
 # expires_ms, cap, history_ms, channel, evicted status, evicted reason, now
-# (seconds, exact), then field/value pairs. Atomic: parallel logins of one user never exceed the cap.
+# (seconds, exact), refuse (1: at the cap, create nothing), then field/value
+# pairs. Atomic: parallel logins of one user never exceed the cap. Returns
+# the evicted records, or the string 'refused'.
 _CREATE = _LEGACY + """
 local prefix, tag, sid = ARGV[1], ARGV[2], ARGV[3]
 local now_ms, cap = tonumber(ARGV[4]), tonumber(ARGV[7])
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[6], sid)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - 3600000)
-local evicted = {}
+local live = {}
 if cap > 0 then
-  local live = {}
   for _, other in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    if other ~= sid then
-      local flat = fields_of(prefix .. ':{' .. tag .. '}:s:' .. other)
-      if flat and alive(flat, now_ms / 1000) then
-        live[#live + 1] = {tonumber(get(flat, 'created_at')) or 0, other}
-      elseif not flat then
-        redis.call('ZREM', KEYS[2], other)
-      end
+    local flat = fields_of(prefix .. ':{' .. tag .. '}:s:' .. other)
+    if flat and alive(flat, now_ms / 1000) then
+      -- least recently active first; then the oldest; then by id
+      live[#live + 1] = {tonumber(get(flat, 'last_seen_at')) or 0,
+                         tonumber(get(flat, 'created_at')) or 0, other}
+    elseif not flat then
+      redis.call('ZREM', KEYS[2], other)
     end
   end
+  if ARGV[13] == '1' and #live >= cap then return 'refused' end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 14))
+redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[6], sid)
+local evicted = {}
+if cap > 0 then
   table.sort(live, function(a, b)
-    if a[1] == b[1] then return a[2] < b[2] end
-    return a[1] < b[1]
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[3] < b[3]
   end)
   for i = 1, #live + 1 - cap do
-    local flat = finish(prefix, tag, live[i][2], ARGV[10], ARGV[11], 'system',
+    local flat = finish(prefix, tag, live[i][3], ARGV[10], ARGV[11], 'system',
                         now_ms, tonumber(ARGV[8]), ARGV[9], ARGV[12])
     if flat then evicted[#evicted + 1] = flat end
   end
@@ -217,7 +223,8 @@ class RedisSessionStore(SessionStore):
             raise StoreUnavailable(type(exc).__name__) from None
 
     # -- interface ---------------------------------------------------------
-    async def create(self, session: Session, cap: int, history: float) -> list[Session]:
+    async def create(self, session: Session, cap: int, history: float,
+                     refuse: bool = False) -> list[Session]:
         now = self.clock()
         tag = user_tag(session.username)
         keep_ms = int(session.keep_until * 1000)
@@ -228,7 +235,9 @@ class RedisSessionStore(SessionStore):
             args=[self.prefix, tag, session.id, int(now * 1000), keep_ms,
                   int(session.expires_at * 1000), cap, int(history * 1000), self.channel,
                   SESSION_LIMIT.status, SESSION_LIMIT.reason, repr(float(now)),
-                  *_pairs(session.to_fields())]))
+                  "1" if refuse else "0", *_pairs(session.to_fields())]))
+        if evicted_raw == b"refused":
+            raise AtCapacity()
         evicted = [s for s in (Session.from_fields(_flat_to_dict(f)) for f in evicted_raw) if s]
         await self._call(lambda: self._index(session, evicted, now))
         return evicted
@@ -316,11 +325,26 @@ class RedisSessionStore(SessionStore):
         return [r for r in records if r and r.session.username == username]
 
     async def user_sessions(self, username: str) -> list[Session]:
+        """Two round trips whatever the count: the index, then every record."""
         sids = await self._call(lambda: self.redis.zrange(self.index_key(username), 0, -1))
         if not sids:
             return []
         ids = [s.decode() for s in sids]
-        found = await asyncio.gather(*(self.get(username, sid) for sid in ids))
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in ids:
+                    pipe.hgetall(self.session_key(username, sid))
+                return await pipe.execute(raise_on_error=False)
+        raws = await self._call(run)
+        found: list[Session | None] = []
+        for sid, raw in zip(ids, raws):
+            if isinstance(raw, ResponseError):     # a record of the first versions
+                found.append(await self.get(username, sid))
+            else:
+                session = Session.from_fields(raw) if raw else None
+                found.append(session if session and session.username == username
+                             and session.id == sid else None)
         gone = [sid for sid, s in zip(ids, found) if s is None]
         if gone:
             await self._call(lambda: self.redis.zrem(self.index_key(username), *gone))

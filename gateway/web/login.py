@@ -15,7 +15,7 @@ from ..auth.cookies import NOTICE_COOKIE, clear_session_cookie, set_notice, set_
 from ..auth.sessions import NOTICES, AuthError, Identity
 from ..errors import MESSAGES, error_response, json_error, json_response, store_unavailable
 from ..state import Gateway
-from ..store import LOGOUT, StoreUnavailable
+from ..store import LOGOUT, AtCapacity, StoreUnavailable
 from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of, render,
                      same_origin, see_other)
 from .redirects import safe_redirect
@@ -26,8 +26,11 @@ MAX_FIELD = 1024
 
 
 async def sign_in(request: web.Request, gw: Gateway, username: str, password: str,
-                  remember: bool) -> Identity | None:
-    """Check the password, end the caller's previous session, start a new one."""
+                  remember: bool, make_room: bool = False) -> Identity | None:
+    """Check the password, end the caller's previous session, start a new one.
+
+    AtCapacity propagates when ``on_limit: refuse`` turns the sign-in away.
+    """
     if len(username) > MAX_FIELD or len(password) > MAX_FIELD:
         return None
     user = await gw.users.verify(username, password)
@@ -41,7 +44,8 @@ async def sign_in(request: web.Request, gw: Gateway, username: str, password: st
                               actor=previous.session.username)
     except AuthError:
         pass
-    session = await gw.sessions.start(user, remember=remember, ip=ip, user_agent=agent)
+    session = await gw.sessions.start(user, remember=remember, ip=ip, user_agent=agent,
+                                      make_room=make_room)
     log.info("login %s from %s", user.username, ip)
     return Identity(user=user, session=session)
 
@@ -55,14 +59,14 @@ def _set_cookie(response: web.StreamResponse, gw: Gateway, identity: Identity) -
 
 async def login_page(request: web.Request, *, status: int = 200, error: str | None = None,
                      username: str = "", remember: bool = False,
-                     rd: str | None = None) -> web.Response:
+                     rd: str | None = None, at_capacity: bool = False) -> web.Response:
     gw = gateway_of(request)
     notice_key = request.cookies.get(NOTICE_COOKIE)
     response = render(
         "login.html", status=status, prefix=gw.config.prefix, error=error,
         notice=None if error else NOTICES.get(notice_key or ""),
         csrf_token=await csrf_token(request), username=username, remember=remember,
-        rd=rd if rd is not None else request.query.get("rd", "/"))
+        rd=rd if rd is not None else request.query.get("rd", "/"), at_capacity=at_capacity)
     if notice_key:
         response.del_cookie(NOTICE_COOKIE, path=gw.config.prefix)
     return response
@@ -73,14 +77,18 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     username, password = str(form.get("username", "")), str(form.get("password", ""))
     remember, rd = form.get("remember") in ("1", "on", "true"), str(form.get("rd", "/"))
+    make_room = form.get("make_room") == "1"
     if not same_origin(request, gw) or not await csrf_ok(request, form.get("csrf_token")):
         (await get_session(request)).pop("csrf", None)
         return await login_page(request, status=403, rd=rd, username=username,
                                 error="This form expired. Please sign in again.")
     try:
-        identity = await sign_in(request, gw, username, password, remember)
+        identity = await sign_in(request, gw, username, password, remember, make_room)
     except StoreUnavailable:
         return store_unavailable(request)
+    except AtCapacity:
+        return await login_page(request, status=409, error=MESSAGES["SESSION_LIMIT"],
+                                username=username, remember=remember, rd=rd, at_capacity=True)
     if identity is None:
         return await login_page(request, status=401, error=MESSAGES["INVALID_CREDENTIALS"],
                                 username=username, remember=remember, rd=rd)
@@ -108,9 +116,11 @@ async def api_login(request: web.Request) -> web.StreamResponse:
         return json_error(400, "BAD_REQUEST", "Send JSON with string fields username and password.")
     try:
         identity = await sign_in(request, gw, body["username"], body["password"],
-                                 body.get("remember") is True)
+                                 body.get("remember") is True, body.get("make_room") is True)
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
+    except AtCapacity:
+        return json_error(409, "SESSION_LIMIT")
     if identity is None:
         return json_error(401, "INVALID_CREDENTIALS")
     described = gw.sessions.describe(identity)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config import Config
 from ..errors import error_response, unsupported_version
-from . import login, machine, session_api
+from . import login, machine, my_sessions, session_api
 from .guards import Handler
 
 FORM_COOKIE = "gateway_form"
@@ -48,6 +48,12 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
                     "POST": with_form_state(login.logout_submit)},
         "/api/session": {"GET": session_api.api_session},
         "/api/session/refresh": {"POST": session_api.api_session_refresh},
+        "/sessions": {"GET": with_form_state(my_sessions.sessions_page),
+                      "POST": with_form_state(my_sessions.sessions_submit)},
+        "/api/sessions": {"GET": my_sessions.api_sessions},
+        "/api/sessions/revoke-others": {"POST": my_sessions.api_revoke_others},
+        "/api/sessions/revoke-all": {"POST": my_sessions.api_revoke_all},
+        "/api/sessions/{sid}": {"DELETE": my_sessions.api_revoke_one},
         "/jwks.json": {"GET": machine.jwks},
         "/healthz": {"GET": machine.healthz},
         "/readyz": {"GET": machine.readyz},

@@ -1,0 +1,61 @@
+"""What a User-Agent string says about a device: type, OS and browser.
+
+Parsed with ua-parser (the maintained Browserscope rules), at sign-in and
+when sessions are shown, never per proxied request: one parse costs about
+2 ms of pure-Python regex matching, and loading the rules 0.2 s, which a
+worker does once in a thread at start (``warm_up``). Results are cached by
+the exact string, since one person's sessions mostly share a few.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from ua_parser import parse
+
+_MOBILE_OS = frozenset({"iOS", "Android", "iPadOS", "Windows Phone", "KaiOS", "HarmonyOS"})
+
+
+@dataclass(frozen=True)
+class Device:
+    type: str       # desktop | mobile | tablet | bot | unknown
+    os: str         # "iOS 17", "Windows 10", "Linux"; "" when unknown
+    browser: str    # "Mobile Safari 17", "Chrome 156"; "" when unknown
+
+    def public(self) -> dict[str, str]:
+        return {"type": self.type, "os": self.os, "browser": self.browser}
+
+
+def _name(family: str | None, major: str | None) -> str:
+    if not family or family == "Other":
+        return ""
+    return f"{family} {major}" if major else family
+
+
+@functools.lru_cache(maxsize=2048)
+def describe(user_agent: str) -> Device:
+    if not user_agent.strip():
+        return Device("unknown", "", "")
+    result = parse(user_agent[:512])
+    ua, os, device = result.user_agent, result.os, result.device
+    browser = _name(ua.family, ua.major) if ua else ""
+    os_name = _name(os.family, os.major) if os else ""
+    family = device.family if device else ""
+    if family == "Spider":
+        kind = "bot"
+    elif "iPad" in family or "Tablet" in family or (os and os.family == "Android"
+                                                     and "Mobile" not in user_agent):
+        kind = "tablet"
+    elif (os and os.family in _MOBILE_OS) or (ua and "Mobile" in ua.family):
+        kind = "mobile"
+    elif browser or os_name:
+        kind = "desktop"
+    else:
+        kind = "unknown"
+    return Device(kind, os_name, browser)
+
+
+def warm_up() -> None:
+    """Load the rules (about 0.2 s); run in a thread, away from the event loop."""
+    describe("Mozilla/5.0 (X11; Linux x86_64) warm-up")
