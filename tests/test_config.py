@@ -149,6 +149,9 @@ BAD = [
      ["upstreams[0].rules[0].roles: is required"]),
     ({"upstreams": [up(rules=[{"path": "/admin", "roles": []}])]},
      ["upstreams[0].rules[0].roles: must list at least one role (got [])"]),
+    # a password in a URL is never repeated either
+    ({"session": {"redis": {"url": "http://:hunter2@redis:6379"}}},
+     ["session.redis.url: must be a redis or rediss or unix URL with a host"]),
     # a secret is never repeated in a message
     ({"secret": "s3cr3t-but-short"}, ["secret: must be at least 32 bytes (got 16)"]),
     ({"upstreams": [up(rules=[{"path": "admin", "roles": ["a"]}])]},

@@ -167,3 +167,57 @@ def test_session_ids_are_long_random_and_never_look_like_an_option():
     ids = {new_session_id() for _ in range(3000)}
     assert len(ids) == 3000
     assert all(len(i) == 43 and not i.startswith("-") for i in ids)
+
+
+async def test_replaying_an_ended_cookie_does_not_pile_up_memory(upstream, make_config,
+                                                                 gateway):
+    """Each refusal is a new exception: a remembered one would keep every
+    replay's traceback (and the request behind it) alive."""
+    import gc
+    import tracemalloc
+    client = await gateway(make_config(str(upstream.make_url("/"))))
+    token = await api_login(client)
+    await send(client, "POST", "/_gateway/logout", token=token, json={})
+    padding = [("Cookie", "pad=" + "x" * 20_000)]
+    for _ in range(20):                                       # warm up
+        await send(client, "GET", "/x", token=token, headers=padding)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(300):
+        r = await send(client, "GET", "/x", token=token, headers=padding)
+        assert r.status == 401
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 1_000_000, grown
+
+
+async def test_ending_all_records_the_expired_as_expired(upstream, make_config, gateway,
+                                                         store_settings):
+    clock = Clock()
+    client, store, events = await started(make_config, gateway, upstream, store_settings,
+                                          clock=clock, idle_timeout="10m")
+    stale = await api_login(client)
+    clock.advance(300)
+    fresh = await api_login(client)
+    clock.advance(301)                  # the first is past its idle end, within its grace
+    service = client.server.app[GATEWAY].sessions
+    from gateway.store import REVOKED_BY_ADMIN
+    assert await service.end_all("alice", REVOKED_BY_ADMIN, "cli") == 1
+    assert (await store.ended("alice", sid_of(stale))).reason == "idle"
+    assert (await store.ended("alice", sid_of(fresh))).reason == "revoked_by_admin"
+
+
+async def test_a_cookie_past_its_end_is_refused_even_with_the_store_down(
+        upstream, make_config, gateway, redis_factory):
+    server = redis_factory()
+    clock = Clock()
+    client = await gateway(make_config(str(upstream.make_url("/")), session={
+        "store": "redis", "redis": {"url": server.url, "timeout": "200ms"},
+        "idle_timeout": "1h", "absolute_timeout": "2h"}), clock=clock)
+    token = await api_login(client)
+    server.stop()
+    clock.advance(2 * 3600 + 1)
+    r = await send(client, "GET", "/x", token=token)
+    assert (r.status, r.json()["error"]) == (401, "SESSION_EXPIRED")

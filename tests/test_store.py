@@ -148,6 +148,15 @@ async def test_a_record_from_a_newer_gateway_is_served_and_its_fields_kept(store
     assert (await store.ended("alice", s.id)).session.extra == ended.extra
 
 
+async def test_last_activity_only_moves_forward(store, clock):
+    s = make(clock)
+    await create(store, s)
+    late, early = await store.get("alice", s.id), await store.get("alice", s.id)
+    await touch(store, late, last_seen_at=clock() + 20)
+    await touch(store, early, last_seen_at=clock() + 10)      # arrives second, is older
+    assert (await store.get("alice", s.id)).last_seen_at == clock() + 20
+
+
 async def test_a_record_of_the_first_versions_is_served_and_converted(clock, redis_store,
                                                                      raw_redis):
     """Before hashes, a session was one JSON string; an upgrade signs nobody out."""
@@ -164,6 +173,21 @@ async def test_a_record_of_the_first_versions_is_served_and_converted(clock, red
     assert await raw_redis.type(store.session_key("alice", s.id)) == b"hash"
     assert await store.get("alice", s.id) == s
     assert 0 < await raw_redis.pttl(store.session_key("alice", s.id)) <= 3600_000
+    # ...and is given the indexes it never had: found by id, listed.
+    assert await store.find(s.id) == s
+    assert ids((await store.list_sessions(None, 10)).sessions) == [s.id]
+
+
+@pytest.mark.parametrize("old, status, reason", [("revoked", "REVOKED", "revoked_by_admin"),
+                                                 ("logout", "LOGGED_OUT", "logout"),
+                                                 ("disabled", "REVOKED", "user_disabled")])
+async def test_why_the_first_versions_revoked_a_session_is_still_told(redis_store, raw_redis,
+                                                                      old, status, reason):
+    store = redis_store
+    await raw_redis.set(f"{store.prefix}:{{{user_tag('alice')}}}:t:oldsid", old, px=60_000)
+    record = await store.ended("alice", "oldsid")
+    assert (record.status, record.reason) == (status, reason)
+    assert await store.ended("bob", "oldsid") is None
 
 
 CORRUPT = [
@@ -234,6 +258,8 @@ async def test_end_of_an_unknown_session_or_under_another_user_does_nothing(stor
     assert await store.ended("alice", "nope") is None
     assert await store.end("mallory", s.id, LOGOUT, "mallory", clock(), HISTORY) is None
     assert await store.get("alice", s.id) == s
+    assert await store.find(s.id) == s                  # its indexes are untouched too
+    assert ids((await store.list_sessions(None, 10)).sessions) == [s.id]
 
 
 async def test_history_lists_ended_sessions_most_recent_first_within_the_window(store, clock):
@@ -482,6 +508,15 @@ async def test_redis_every_key_has_a_ttl(redis_store, raw_redis, clock):
     assert s_ttl <= (a1.keep_until - time.time()) * 1000 + 50
     e_ttl = await raw_redis.pttl(store.ended_key("bob", b.id))
     assert 3500_000 < e_ttl <= (clock() + 3600 - time.time()) * 1000 + 50
+
+
+async def test_redis_owner_key_outlives_any_activity(redis_store, raw_redis, clock):
+    """find(sid) must work for as long as the session can live, touched or not."""
+    store = redis_store
+    s = make(clock, idle=600, absolute=12 * 3600, remember=True)
+    await create(store, s)
+    ttl = await raw_redis.pttl(store.owner_key(s.id))
+    assert ttl >= (s.expires_at - clock()) * 1000
 
 
 async def test_redis_index_ttl_follows_the_longest_session(redis_store, raw_redis, clock):

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from ..config import Config, ConfigError
+from ..config import ConfigError
 
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:

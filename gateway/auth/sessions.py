@@ -110,7 +110,9 @@ class SessionService:
         self.cache = SessionCache(s.cache_ttl)
         self.tokens = tokens
         self.events = Events()
-        self._dead: dict[str, AuthError] = {}
+        # sid -> (code, notice) of a session known to be gone. Not the
+        # AuthError itself: every raise would add its traceback to it.
+        self._dead: dict[str, tuple[str, str | None]] = {}
 
     # -- start -----------------------------------------------------------
     async def start(self, user: User, *, remember: bool, ip: str, user_agent: str,
@@ -149,10 +151,16 @@ class SessionService:
 
     async def end_all(self, username: str, ending: Ending, actor: str,
                       keep: str | None = None) -> int:
-        """End every session of a user except ``keep``; returns how many."""
+        """End every live session of a user except ``keep``; returns how many.
+        Those already past their time are recorded as the expiry they are."""
         ended = 0
+        now = self.clock()
         for session in await self.store.user_sessions(username):
-            if session.id != keep and await self.end(username, session.id, ending, actor):
+            if session.id == keep:
+                continue
+            if not session.alive(now):
+                await self.end(username, session.id, session.ending(now), SYSTEM)
+            elif await self.end(username, session.id, ending, actor):
                 ended += 1
         return ended
 
@@ -178,18 +186,27 @@ class SessionService:
         username, sid, exp = claims
         dead = self._dead.get(sid)
         if dead is not None:
-            raise dead
+            raise AuthError(*dead)
         now = self.clock()
         # The cookie's own end is the session's absolute end (to the second).
+        # Its refusal needs no store; recording it does, when the store answers.
         expired = exp <= now
-        if expired and await self.end(username, sid, ABSOLUTE, SYSTEM):
-            raise refusal_for(ABSOLUTE)
-        session = None if expired else await self._lookup(username, sid, now)
+        if expired:
+            try:
+                if await self.end(username, sid, ABSOLUTE, SYSTEM):
+                    raise refusal_for(ABSOLUTE)
+                record = await self.store.ended(username, sid)
+            except StoreUnavailable:
+                raise refusal_for(ABSOLUTE) from None
+            error = refusal_for(ABSOLUTE if record is None
+                                else Ending(record.status, record.reason))
+            self._remember_dead(sid, error)
+            raise error
+        session = await self._lookup(username, sid, now)
         if session is None:
             record = await self.store.ended(username, sid)
             # No record at all: it expired long ago (or never was).
-            ending = (Ending(record.status, record.reason) if record is not None
-                      else ABSOLUTE if expired else IDLE)
+            ending = IDLE if record is None else Ending(record.status, record.reason)
             error = refusal_for(ending)
             self._remember_dead(sid, error)
             raise error
@@ -222,7 +239,7 @@ class SessionService:
         favourite) costs no store call."""
         if len(self._dead) >= _MAX_REMEMBERED:
             self._dead.clear()
-        self._dead[sid] = error
+        self._dead[sid] = (error.code, error.notice)
 
     async def _lookup(self, username: str, sid: str, now: float) -> Session | None:
         session = self.cache.get(sid)

@@ -170,13 +170,22 @@ def url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         if not isinstance(v, str):
             raise ValueError("must be a URL string")
-        parts = urlsplit(v)
-        # unix:///path/to/redis.sock names a socket file, not a host.
-        located = parts.hostname or (parts.scheme == "unix" and parts.path.startswith("/"))
-        if parts.scheme not in schemes or not located:
-            raise ValueError(f"must be a {' or '.join(schemes)} URL with a host")
-        return v.rstrip("/") if parts.path in ("", "/") else v
+        try:
+            return _url(v, schemes)
+        except ValueError as exc:
+            if "@" in v:   # a password may be in it: never repeat the value
+                raise HiddenValueError(str(exc)) from None
+            raise
     return parse
+
+
+def _url(v: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(v)
+    # unix:///path/to/redis.sock names a socket file, not a host.
+    located = parts.hostname or (parts.scheme == "unix" and parts.path.startswith("/"))
+    if parts.scheme not in schemes or not located:
+        raise ValueError(f"must be a {' or '.join(schemes)} URL with a host")
+    return v.rstrip("/") if parts.path in ("", "/") else v
 
 
 def path_prefix(v: Any) -> str:

@@ -4,8 +4,8 @@
 
 ``decide`` answers with a Decision (go ahead: which upstream, which path,
 who is asking) or a Refusal (why not). The proxy pipeline forwards on a
-Decision; forward-auth, rate limits, metrics and security events reuse the
-same step rather than repeating it. Apart from the session lookup it does
+Decision; forward-auth, rate limits, metrics and security events, when they
+come, are to reuse this step rather than repeat it. Apart from the session lookup it does
 no I/O, and it never builds a response: that is the caller's to shape.
 """
 

@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 
 from ..config import SessionConfig
-from .base import (ABSOLUTE, ENDINGS, EXPIRED, IDLE, LOGGED_OUT, LOGOUT, REVOKED,
+from .base import (ABSOLUTE, EXPIRED, IDLE, LOGGED_OUT, LOGOUT, REVOKED,
                    REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, USER_DISABLED,
                    AtCapacity, EndedSession, Ending, Page, Session, SessionStore,
                    StoreUnavailable)
 
-__all__ = ["create_store", "ABSOLUTE", "ENDINGS", "EXPIRED", "IDLE", "LOGGED_OUT", "LOGOUT",
+__all__ = ["create_store", "ABSOLUTE", "EXPIRED", "IDLE", "LOGGED_OUT", "LOGOUT",
            "REVOKED", "REVOKED_BY_ADMIN", "REVOKED_BY_USER", "SESSION_LIMIT", "USER_DISABLED",
            "AtCapacity", "EndedSession", "Ending", "Page", "Session", "SessionStore", "StoreUnavailable"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
@@ -45,8 +45,6 @@ SESSION_LIMIT = Ending(REVOKED, "session_limit")
 USER_DISABLED = Ending(REVOKED, "user_disabled")          # disabled or removed in the users file
 IDLE = Ending(EXPIRED, "idle")
 ABSOLUTE = Ending(EXPIRED, "absolute")
-ENDINGS = {e.reason: e for e in (LOGOUT, REVOKED_BY_USER, REVOKED_BY_ADMIN, SESSION_LIMIT,
-                                 USER_DISABLED, IDLE, ABSOLUTE)}
 
 # Kept after a session's idle or absolute end, so that its expiry can still be
 # observed (and recorded with its details) when its user comes back or the
@@ -155,7 +153,6 @@ _NUMBERS = frozenset({"created_at", "last_seen_at", "expires_at", "idle_timeout"
                       "authenticated_at"})
 _REQUIRED = frozenset({"id", "username", "created_at", "last_seen_at", "expires_at",
                        "idle_timeout"})
-SESSION_FIELDS = tuple(f.name for f in fields(Session) if f.name != "extra")
 
 
 @dataclass
@@ -166,10 +163,6 @@ class EndedSession:
     reason: str
     actor: str
     ended_at: float
-
-    def to_fields(self) -> dict[str, str]:
-        return {**self.session.to_fields(), "status": self.status, "reason": self.reason,
-                "actor": self.actor, "ended_at": repr(float(self.ended_at))}
 
     @classmethod
     def from_fields(cls, raw: Mapping[Any, Any]) -> "EndedSession | None":
@@ -231,8 +224,9 @@ class SessionStore(ABC):
         """The ended record of a session, while the history keeps it."""
 
     @abstractmethod
-    async def history(self, username: str, since: float) -> list[EndedSession]:
-        """A user's sessions that ended after ``since``, most recent first."""
+    async def history(self, username: str, since: float, limit: int = 100) -> list[EndedSession]:
+        """A user's sessions that ended after ``since``, most recent first, at
+        most ``limit`` of them."""
 
     @abstractmethod
     async def user_sessions(self, username: str) -> list[Session]:

@@ -61,6 +61,8 @@ class MemorySessionStore(SessionStore):
         if current is None or current.username != session.username \
                 or not current.alive(self._clock()):
             return False
+        if changes.get("last_seen_at", current.last_seen_at) < current.last_seen_at:
+            changes = {k: v for k, v in changes.items() if k != "last_seen_at"}
         self._sessions[session.id] = replace(current, **changes)
         return True
 
@@ -81,12 +83,12 @@ class MemorySessionStore(SessionStore):
             return None
         return record
 
-    async def history(self, username: str, since: float) -> list[EndedSession]:
+    async def history(self, username: str, since: float, limit: int = 100) -> list[EndedSession]:
         now = self._clock()
         found = [e for sid, e in self._ended.items()
                  if e.session.username == username and e.ended_at > since
                  and self._ended_until[sid] > now]
-        return sorted(found, key=lambda e: e.ended_at, reverse=True)
+        return sorted(found, key=lambda e: e.ended_at, reverse=True)[:limit]
 
     async def user_sessions(self, username: str) -> list[Session]:
         found = [await self.get(username, sid) for sid in list(self._by_user.get(username, ()))]

@@ -16,10 +16,14 @@ the per-user scripts stay legal there):
     gw:revoked         pub/sub channel: the id of every ended session
 
 Every key carries a TTL (``gw:all`` is pruned instead), so nothing outlives
-its purpose if a gateway dies. A user's own keys change together in one
-script; ``gw:o:*`` and ``gw:all`` live in other slots, so they are written
-beside the script in the same round trip, and a reader treats an entry that
-points at nothing as gone. Calls are bounded by ``session.redis.timeout``;
+its purpose if a gateway dies. TTLs are relative (PEXPIRE), so the
+gateway's and Redis's clocks need not agree. A user's own keys change
+together in one script; the scripts reach the user's other keys by name,
+in the same hash slot as the declared ones (Redis Cluster, where undeclared
+keys are frowned upon, is the Cluster issue's to settle). ``gw:o:*`` and
+``gw:all`` live in other slots, so they are written beside the scripts, and
+a reader treats an entry that points at nothing as gone. Needs Redis 6.2 or
+newer (ZADD GT, ZRANGE REV). Calls are bounded by ``session.redis.timeout``;
 any failure becomes StoreUnavailable so the caller fails closed.
 
 Records written by the first versions (one JSON string per session, and
@@ -39,21 +43,23 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ..config import RedisConfig
-from .base import (SESSION_LIMIT, AtCapacity, EndedSession, Ending, Page, Session,
-                   SessionStore, StoreUnavailable, encode_fields)
+from .base import (EXPIRED_GRACE_MAX, LOGOUT, REVOKED_BY_ADMIN, SESSION_LIMIT, USER_DISABLED,
+                   AtCapacity, EndedSession, Ending, Page, Session, SessionStore,
+                   StoreUnavailable, encode_fields)
 from .client import connect
 from .paging import decode_cursor, encode_cursor
 
 T = TypeVar("T")
 
-# A legacy record (a JSON string) becomes a hash; every script calls this first.
+# A legacy record (a JSON string) becomes a hash; every script calls this
+# first. Returns the fields (flat) and whether the record was converted.
 _LEGACY = """
 local function fields_of(key)
   local kind = redis.call('TYPE', key)['ok']
-  if kind == 'hash' then return redis.call('HGETALL', key) end
-  if kind ~= 'string' then return nil end
+  if kind == 'hash' then return redis.call('HGETALL', key), false end
+  if kind ~= 'string' then return nil, false end
   local ok, s = pcall(cjson.decode, redis.call('GET', key))
-  if not ok or type(s) ~= 'table' then return nil end
+  if not ok or type(s) ~= 'table' then return nil, false end
   local flat = {}
   for k, v in pairs(s) do
     if type(v) == 'boolean' then v = v and '1' or '0'
@@ -66,7 +72,7 @@ local function fields_of(key)
   redis.call('HSET', key, 'v', '1', unpack(flat))
   if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   flat[#flat + 1] = 'v'; flat[#flat + 1] = '1'
-  return flat
+  return flat, true
 end
 local function get(flat, name)
   for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
@@ -78,6 +84,10 @@ local function alive(flat, now)
   if not (last and idle and exp) then return false end
   return now < math.min(last + idle, exp)
 end
+-- Only ever lengthen a key's life (a TTL is relative: clocks need not agree).
+local function extend(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
 -- End one session of this user: keep an ended record, tell every worker.
 local function finish(prefix, tag, sid, status, reason, actor, now_ms, history_ms, channel, now)
   local skey = prefix .. ':{' .. tag .. '}:s:' .. sid
@@ -88,22 +98,24 @@ local function finish(prefix, tag, sid, status, reason, actor, now_ms, history_m
   local ekey = prefix .. ':{' .. tag .. '}:e:' .. sid
   local ended = prefix .. ':{' .. tag .. '}:ended'
   redis.call('DEL', ekey)
-  redis.call('HSET', ekey, 'status', status, 'reason', reason, 'actor', actor,
-             'ended_at', now, unpack(flat))
-  redis.call('PEXPIREAT', ekey, now_ms + history_ms)
+  -- the session's own fields first: the end's fields must win over any namesake
+  redis.call('HSET', ekey, unpack(flat))
+  redis.call('HSET', ekey, 'status', status, 'reason', reason, 'actor', actor, 'ended_at', now)
+  redis.call('PEXPIRE', ekey, history_ms)
   redis.call('ZADD', ended, now_ms, sid)
   redis.call('ZREMRANGEBYSCORE', ended, '-inf', now_ms - history_ms)
-  redis.call('PEXPIREAT', ended, now_ms + history_ms)
+  redis.call('PEXPIRE', ended, history_ms)
   redis.call('PUBLISH', channel, sid)
   return flat
 end
 """
 
-# KEYS: session, index. ARGV: prefix, tag, sid, now_ms, keep_until_ms,
-# expires_ms, cap, history_ms, channel, evicted status, evicted reason, now
-# (seconds, exact), refuse (1: at the cap, create nothing), then field/value
-# pairs. Atomic: parallel logins of one user never exceed the cap. Returns
-# the evicted records, or the string 'refused'.
+# KEYS: session, index. ARGV: prefix, tag, sid, now_ms, keep_ms (how long to
+# keep the record), expires_ms (absolute expiry, the index score), cap,
+# history_ms, channel, evicted status, evicted reason, now (seconds, exact),
+# refuse (1: at the cap, create nothing), then field/value pairs. Atomic:
+# parallel logins of one user never exceed the cap. Returns the evicted
+# records, or the string 'refused'.
 _CREATE = _LEGACY + """
 local prefix, tag, sid = ARGV[1], ARGV[2], ARGV[3]
 local now_ms, cap = tonumber(ARGV[4]), tonumber(ARGV[7])
@@ -123,7 +135,7 @@ if cap > 0 then
   if ARGV[13] == '1' and #live >= cap then return 'refused' end
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 14))
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[6], sid)
 local evicted = {}
 if cap > 0 then
@@ -138,17 +150,27 @@ if cap > 0 then
     if flat then evicted[#evicted + 1] = flat end
   end
 end
+-- the index lives as long as its longest session could (absolute end + grace)
 local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[2], math.max(tonumber(top[2]) + 3600000, tonumber(ARGV[5])))
+extend(KEYS[2], math.max(tonumber(top[2]) + 3600000 - now_ms, tonumber(ARGV[5])))
 return evicted
 """
 
-# KEYS: session. ARGV: now (seconds), keep_until_ms, then field/value pairs.
+# KEYS: session. ARGV: now (seconds), keep_ms, then field/value pairs.
+# Returns 0 (gone or no longer alive), 1, or 2 (a record of the first
+# versions, converted: the caller adds it to the indexes it lacked).
 _TOUCH = _LEGACY + """
-local flat = fields_of(KEYS[1])
+local flat, converted = fields_of(KEYS[1])
 if not flat or not alive(flat, tonumber(ARGV[1])) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'GT')
+local seen = tonumber(get(flat, 'last_seen_at')) or 0
+for i = 3, #ARGV, 2 do
+  -- two workers racing: last activity only ever moves forward
+  if ARGV[i] ~= 'last_seen_at' or tonumber(ARGV[i + 1]) > seen then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+extend(KEYS[1], tonumber(ARGV[2]))
+if converted then return 2 end
 return 1
 """
 
@@ -158,6 +180,10 @@ _END = _LEGACY + """
 return finish(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
               tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]) or false
 """
+
+# Why a session was revoked, as the first versions kept it (``:t:<sid>``).
+_LEGACY_REASONS = {"logout": LOGOUT, "revoked": REVOKED_BY_ADMIN, "disabled": USER_DISABLED,
+                   "session_limit": SESSION_LIMIT}
 
 # How quickly a worker notices that Redis stopped answering its revocation
 # feed, and so stops serving sessions from its cache: at most FEED_SILENCE.
@@ -227,7 +253,7 @@ class RedisSessionStore(SessionStore):
                      refuse: bool = False) -> list[Session]:
         now = self.clock()
         tag = user_tag(session.username)
-        keep_ms = int(session.keep_until * 1000)
+        keep_ms = max(1, int((session.keep_until - now) * 1000))
 
         evicted_raw = await self._call(lambda: self._create(
             keys=[self.session_key(session.username, session.id),
@@ -243,11 +269,13 @@ class RedisSessionStore(SessionStore):
         return evicted
 
     async def _index(self, session: Session, evicted: list[Session], now: float) -> None:
-        """The cross-slot part of a create: owner and global listing entries."""
+        """The cross-slot part of a create: owner and global listing entries.
+        The owner key lives as long as the session possibly can (its absolute
+        end plus the grace), so activity never has to renew it."""
         tag = user_tag(session.username)
+        owner_ms = int((session.expires_at + EXPIRED_GRACE_MAX - now) * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.owner_key(session.id), session.username,
-                     pxat=int(session.keep_until * 1000))
+            pipe.set(self.owner_key(session.id), session.username, px=max(1, owner_ms))
             pipe.zadd(self.all_key, {f"{tag}:{session.id}": int(session.last_seen_at * 1000)})
             pipe.zremrangebyscore(self.all_key, "-inf", int((now - self.max_idle) * 1000))
             for old in evicted:
@@ -274,47 +302,62 @@ class RedisSessionStore(SessionStore):
         key = self.session_key(session.username, session.id)
         member = f"{user_tag(session.username)}:{session.id}"
 
+        now = self.clock()
+        keep_ms = max(1, int((session.keep_until - now) * 1000))
+
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._touch(keys=[key],
-                                  args=[repr(self.clock()), int(session.keep_until * 1000),
-                                        *_pairs(encode_fields(changes))], client=pipe)
-                pipe.zadd(self.all_key, {member: int(session.last_seen_at * 1000)}, xx=True)
+                await self._touch(keys=[key], args=[repr(now), keep_ms,
+                                                    *_pairs(encode_fields(changes))],
+                                  client=pipe)
+                # XX: never re-list an ended session; GT: racing touches keep the latest.
+                pipe.zadd(self.all_key, {member: int(session.last_seen_at * 1000)},
+                          xx=True, gt=True)
                 return await pipe.execute()
         done, _ = await self._call(run)
+        if done == 2:     # a record of the first versions: give it the indexes it lacked
+            await self._call(lambda: self._index(session, [], now))
         return bool(done)
 
     async def end(self, username: str, sid: str, ending: Ending, actor: str,
                   now: float, history: float) -> Session | None:
         tag = user_tag(username)
 
-        async def run() -> Any:
+        flat = await self._call(lambda: self._end(
+            keys=[self.session_key(username, sid), self.index_key(username),
+                  self.ended_key(username, sid), self.ended_index_key(username)],
+            args=[self.prefix, tag, sid, ending.status, ending.reason, actor,
+                  int(now * 1000), int(history * 1000), self.channel, repr(float(now))]))
+        if not flat:
+            return None     # nothing of this user's: leave every index alone
+
+        async def unindex() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._end(keys=[self.session_key(username, sid),
-                                      self.index_key(username),
-                                      self.ended_key(username, sid),
-                                      self.ended_index_key(username)],
-                                args=[self.prefix, tag, sid, ending.status, ending.reason,
-                                      actor, int(now * 1000), int(history * 1000),
-                                      self.channel, repr(float(now))], client=pipe)
                 pipe.delete(self.owner_key(sid))
                 pipe.zrem(self.all_key, f"{tag}:{sid}")
-                return await pipe.execute()
-        flat, _, _ = await self._call(run)
-        return Session.from_fields(_flat_to_dict(flat)) if flat else None
+                await pipe.execute()
+        await self._call(unindex)
+        return Session.from_fields(_flat_to_dict(flat))
 
     async def ended(self, username: str, sid: str) -> EndedSession | None:
         raw = await self._call(lambda: self.redis.hgetall(self.ended_key(username, sid)))
         if raw:
             record = EndedSession.from_fields(raw)
             return record if record and record.session.username == username else None
-        return None
+        # The first versions kept only why a session was revoked, as ":t:<sid>".
+        legacy = await self._call(lambda: self.redis.get(
+            f"{self.prefix}:{{{user_tag(username)}}}:t:{sid}"))
+        ending = _LEGACY_REASONS.get(legacy.decode(errors="replace")) if legacy else None
+        if ending is None:
+            return None
+        return EndedSession(Session(sid, username, 0.0, 0.0, 0.0, 0.0), ending.status,
+                            ending.reason, "", 0.0)
 
-    async def history(self, username: str, since: float) -> list[EndedSession]:
+    async def history(self, username: str, since: float, limit: int = 100) -> list[EndedSession]:
         async def run() -> list[Any]:
             sids = await self.redis.zrange(self.ended_index_key(username), "+inf",
                                            int(since * 1000), desc=True, byscore=True,
-                                           offset=0, num=100)
+                                           offset=0, num=limit)
             if not sids:
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:

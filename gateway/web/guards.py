@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import jinja2
 from aiohttp import web
@@ -26,6 +27,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("gateway.web", "templates"),
     autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+
+def _when(iso_time: str) -> str:
+    """``2026-12-01T17:40:17Z`` -> "1 Dec 2026, 17:40 UTC" for people."""
+    moment = datetime.strptime(iso_time, "%Y-%m-%dT%H:%M:%SZ")
+    return f"{moment.day} {moment:%b %Y, %H:%M} UTC"
+
+
+_templates.filters["when"] = _when
 _PAGE_HEADERS = {
     "Cache-Control": "no-store", "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
