@@ -184,8 +184,8 @@ class _RecordedPipeline:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    def set(self, key: str, value: str, pxat: int) -> None:
-        self.out.append(_resp("SET", key, value, "PXAT", pxat))
+    def set(self, key: str, value: str, px: int) -> None:
+        self.out.append(_resp("SET", key, value, "PX", px))
 
     def zadd(self, key: str, mapping: dict[str, int]) -> None:
         self.out.append(_resp("ZADD", key, *[x for m, sc in mapping.items() for x in (sc, m)]))

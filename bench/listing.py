@@ -9,8 +9,10 @@ in for a worker (uvloop, the configured store):
 - the event loop's longest stall meanwhile (a 1 ms ticker's worst lateness);
 - the process's RSS growth over all of it;
 
-and times ``gateway sessions revoke --id`` end to end (a fresh process:
-start, config, connect, find, end). Prints a Markdown table.
+times ``gateway sessions revoke --id`` end to end (a fresh process:
+start, config, connect, find, end), and, through a running gateway, one
+person's ``GET /_gateway/api/sessions`` with 100 sessions of theirs.
+Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -113,6 +115,34 @@ def time_cli_revoke(cfg: gwctl.GatewayConfig, sids: list[str]) -> list[float]:
     return out
 
 
+def time_own_listing(stack: Stack, cfg: gwctl.GatewayConfig, count: int) -> list[float]:
+    """A running gateway; one user signed in ``count`` times from a few browsers."""
+    stack.gateway("gateway", cfg.path, cfg.port)
+    agents = ["Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/156.0.0.0 Safari/537.36",
+              "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+              "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+              "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 "
+              "Firefox/128.0"]
+    body = b'{"username": "revoker", "password": "%s"}' % gwctl.BENCH_PASSWORD.encode()
+    cookie = ""
+    for i in range(count):
+        status, headers, data = gwctl.request(cfg.port, "POST", "/_gateway/api/login", {
+            "Content-Type": "application/json", "User-Agent": agents[i % len(agents)]}, body)
+        if status != 200:
+            raise RuntimeError(f"login {i}: {status} {data[:200]!r}")
+        cookie = headers["Set-Cookie"].split(";", 1)[0]
+    out = []
+    for _ in range(21):
+        t0 = time.perf_counter()
+        status, _, data = gwctl.request(cfg.port, "GET", "/_gateway/api/sessions",
+                                        {"Cookie": cookie, "Accept": "application/json"})
+        out.append((time.perf_counter() - t0) * 1000)
+        if status != 200 or data.count(b'"status": "ACTIVE"') != count:
+            raise RuntimeError(f"listing: {status} {data[:200]!r}")
+    return out[1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.listing", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         redis = stack.redis()
         d = stack.dir("gw")
-        cfg = gwctl.write_config(d, port=1, redis_port=redis.port, upstream_port=1, workers=1,
-                                 usernames=bench_usernames(), hashed=gwctl.password_hash())
+        cfg = gwctl.write_config(d, port=stack.ports.take(), redis_port=redis.port,
+                                 upstream_port=1, workers=1, usernames=bench_usernames(),
+                                 hashed=gwctl.password_hash(),
+                                 session_extra={"max_per_user": 0})
         t0 = time.monotonic()
         gwctl.bulk_create(cfg, args.sessions)
         load_s = time.monotonic() - t0
@@ -133,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         result = uvloop.run(measure(cfg, args.sessions))
         sample = [s.decode() for s in __import__("redis").Redis(port=redis.port)
-                  .zrandmember(f"gw:all", 5)]
+                  .zrandmember("gw:all", 5)]
         cli = time_cli_revoke(cfg, [m.partition(":")[2] for m in sample])
+        own = time_own_listing(stack, cfg, 100)
         rows = [
             ("first page of 50", f"{result['first_page_ms']:.1f} ms"),
             ("next 20 pages of 50, by cursor: median / max",
@@ -146,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{result['user_sessions_ms']:.2f} ms"),
             ("`gateway sessions revoke --id` (5 runs): median / max",
              f"{statistics.median(cli):.0f} / {max(cli):.0f} ms"),
+            ("one person's `GET /_gateway/api/sessions`, 100 sessions: median / max of 20",
+             f"{statistics.median(own):.1f} / {max(own):.1f} ms"),
             ("longest event-loop stall meanwhile", f"{result['stall_max_ms']:.1f} ms"),
             ("RSS growth of the process meanwhile", f"{result['rss_growth_mib']:.1f} MiB"),
             ("Redis memory per session (all keys and indexes)",
