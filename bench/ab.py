@@ -55,6 +55,31 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def _together(args: argparse.Namespace, gateways: dict[str, gwctl.GatewayConfig],
+              cookies: dict[str, str], base: str, head: str) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+    settings = WrkSettings(threads=1, connections=args.connections // 2,
+                           duration=args.duration)
+    ratios = []
+    with ThreadPoolExecutor(2) as pool:
+        for r in range(args.rounds):
+            runs = {name: pool.submit(wrk, cfg.url + "/", settings,
+                                      headers={"Cookie": cookies[name],
+                                               "Accept": "application/json"})
+                    for name, cfg in gateways.items()}
+            res = {name: f.result() for name, f in runs.items()}
+            for name, x in res.items():
+                if x.non_2xx or x.socket_errors:
+                    raise RuntimeError(f"{name}: {x.non_2xx} non-2xx, errors {x.errors}")
+            ratios.append(res[head].rps / res[base].rps)
+            print(f"round {r + 1}: {base} {res[base].rps:,.0f} req/s, {head} "
+                  f"{res[head].rps:,.0f} req/s, ratio {ratios[-1]:.3f}", flush=True)
+    print(f"\nhot path, both at once ({settings.describe()} each), {args.rounds} rounds: "
+          f"ratio {head} / {base} median {statistics.median(ratios):.3f}x "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--together", action="store_true",
+                   help="drive both at once (wrk -t1 each, half the connections), so that "
+                        "the machine's drift falls on both in the same seconds; the figure "
+                        "is the median of the per-round ratios")
     args = p.parse_args(argv)
     check_tools()
     base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=REPO_DIR,
@@ -89,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, cfg in gateways.items():  # warm-up, not counted
             wrk(cfg.url + "/", WrkSettings(2, args.connections, 3),
                 headers={"Cookie": cookies[name], "Accept": "application/json"})
+        if args.together:
+            return _together(args, gateways, cookies, base, head)
         for r in range(args.rounds):
             order = list(gateways) if r % 2 == 0 else list(reversed(gateways))
             for name in order:

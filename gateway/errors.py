@@ -89,19 +89,18 @@ def json_error(status: int, code: str, detail: str | None = None,
                         content_type="application/json", charset="utf-8", headers=headers)
 
 
-_HTTP1 = (HttpVersion11, HttpVersion10)
+HTTP1 = (HttpVersion11, HttpVersion10)
 
 
-def unsupported_version(request: web.BaseRequest) -> web.Response | None:
-    """Refuse what nginx refuses: an HTTP/0.9-style line (no version) with 400,
-    and ``HTTP/2.0`` written in a request line with 505; None for HTTP/1.x.
+def refuse_version(request: web.BaseRequest) -> web.Response:
+    """For a request that is not HTTP/1.x (``request.version not in HTTP1``):
+    refuse what nginx refuses, an HTTP/0.9-style line (no version) with 400
+    and ``HTTP/2.0`` written in a request line with 505.
 
     aiohttp's parser accepts both, and would even echo the version in the
     status line; the answer goes out as HTTP/1.1 and the connection closes.
     """
     version = request.version
-    if version in _HTTP1:
-        return None
     # aiohttp writes the request's version into the status line (its cached
     # ``version``); a refusal speaks HTTP/1.1. tests/test_attacks.py holds this.
     request._cache["version"] = HttpVersion11

@@ -113,14 +113,12 @@ class ResponseGuard:
         self.keys = frozenset(cookie_key(name) for name in own_cookies)
         self._warned: set[str] = set()
 
-    def headers(self, upstream: Upstream, incoming: CIMultiDict[str],
-                private: bool) -> CIMultiDict[str]:
-        out, tossed = downstream_response_headers(incoming, self.keys, private)
-        if tossed and upstream.name not in self._warned:
+    def tossed(self, upstream: Upstream) -> None:
+        """An upstream's response tried to set one of ``keys``; it was dropped."""
+        if upstream.name not in self._warned:
             self._warned.add(upstream.name)
             log.warning("upstream %s tried to set one of the gateway's own cookies; "
                         "dropped (logged once per upstream)", upstream.name)
-        return out
 
 
 async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
@@ -143,7 +141,10 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
         async with client.request(request.method, url, headers=headers, data=body,
                                   allow_redirects=False, timeout=timeout,
                                   compress=None) as upstream_response:
-            out_headers = guard.headers(upstream, upstream_response.headers, private)
+            out_headers, tossed = downstream_response_headers(
+                upstream_response.headers, guard.keys, private)
+            if tossed:
+                guard.tossed(upstream)
             length = upstream_response.content_length
             if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
                 small = await upstream_response.read()

@@ -20,7 +20,7 @@ from yarl import URL
 from ..auth.cookies import clear_session_cookie, set_notice
 from ..auth.sessions import AuthError, Identity
 from ..config import Upstream, origin_of
-from ..errors import error_response, json_error, unsupported_version, wants_html
+from ..errors import HTTP1, error_response, json_error, refuse_version, wants_html
 from ..state import GATEWAY, Gateway
 from ..store import StoreUnavailable
 from .access import upstream_path
@@ -35,8 +35,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     config = gw.config
 
     # 1. Bounds the HTTP parser leaves to us.
-    if (refusal := unsupported_version(request)) is not None:
-        return refusal
+    if request.version not in HTTP1:
+        return refuse_version(request)
     if sum(len(k) + len(v) + 4 for k, v in request.raw_headers) > config.limits.max_header_size:
         return error_response(request, 431, "HEADERS_TOO_LARGE")
     if (request.content_length or 0) > config.limits.max_body_size:
@@ -104,17 +104,19 @@ def identity_headers(gw: Gateway, audience: str, identity: Identity | None) -> d
     if identity is None:
         return {}
     user, h = identity.user, gw.config.headers
-    values = {
-        h.user: user.username,
-        h.email: user.email,
-        h.name: user.name,
-        h.roles: ",".join(user.roles),
+    return {
+        # From the users file: any character could be in them.
+        h.user: safe_header_value(user.username),
+        h.email: safe_header_value(user.email),
+        h.name: safe_header_value(user.name),
+        h.roles: safe_header_value(",".join(user.roles)),
+        # Ours, URL-safe base64 by construction: scanning the 600-byte
+        # assertion on every request cost about 6 us.
         h.session: identity.session.id,
         h.assertion: gw.signer.sign(audience=audience, subject=user.username,
                                     email=user.email, name=user.name, roles=user.roles,
                                     sid=identity.session.id),
     }
-    return {k: safe_header_value(v) for k, v in values.items()}
 
 
 def refuse(request: web.Request, gw: Gateway, refusal: Refusal) -> web.Response:

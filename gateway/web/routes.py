@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config import Config
-from ..errors import error_response, unsupported_version
+from ..errors import HTTP1, error_response, refuse_version
 from . import login, machine, my_sessions, session_api
 from .guards import Handler
 
@@ -72,8 +72,9 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
 def _http1(handler: Handler) -> Handler:
     """HTTP/0.9-style and "HTTP/2.0" request lines are refused, as on the proxy path."""
     async def checked(request: web.Request) -> web.StreamResponse:
-        refusal = unsupported_version(request)
-        return refusal if refusal is not None else await handler(request)
+        if request.version not in HTTP1:
+            return refuse_version(request)
+        return await handler(request)
     return checked
 
 
