@@ -12,6 +12,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import jinja2
 from aiohttp import web
@@ -19,6 +20,7 @@ from aiohttp_session import get_session
 
 from ..auth.sessions import Identity
 from ..config import origin_of
+from ..errors import json_error
 from ..proxy.headers import client_ip, cookie_value
 from ..state import GATEWAY, Gateway
 
@@ -97,3 +99,20 @@ async def current_identity(request: web.Request, gw: Gateway, *, touch: bool = F
     token = cookie_value(request.headers.get("Cookie"), gw.config.cookie_name)
     return await gw.sessions.authenticate(token, ip=ip, user_agent=agent,
                                           touch=touch, force_touch=force_touch)
+
+
+async def json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object, or the 415/400 that says what is wrong.
+
+    Only ``application/json``: a cross-site page cannot send it without a
+    CORS preflight, which is what stands in for a CSRF token on the JSON API.
+    """
+    if request.content_type != "application/json":
+        return json_error(415, "BAD_REQUEST", "Send Content-Type: application/json.")
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return json_error(400, "BAD_REQUEST", "Send a JSON object.")
+    return body

@@ -16,8 +16,8 @@ from ..auth.sessions import NOTICES, AuthError, Identity
 from ..errors import MESSAGES, error_response, json_error, json_response, store_unavailable
 from ..state import Gateway
 from ..store import LOGOUT, AtCapacity, StoreUnavailable
-from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of, render,
-                     same_origin, see_other)
+from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of,
+                     json_object, render, same_origin, see_other)
 from .redirects import safe_redirect
 
 log = logging.getLogger("gateway.auth")
@@ -103,16 +103,10 @@ async def api_login(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
     if not same_origin(request, gw):
         return json_error(403, "FORBIDDEN", "Cross-site request refused.")
-    # Only JSON: a cross-site page cannot send it without a CORS preflight,
-    # which is what stands in for a CSRF token on this endpoint.
-    if request.content_type != "application/json":
-        return json_error(415, "BAD_REQUEST", "Send Content-Type: application/json.")
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict) or not isinstance(body.get("username"), str) \
-            or not isinstance(body.get("password"), str):
+    body = await json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    if not isinstance(body.get("username"), str) or not isinstance(body.get("password"), str):
         return json_error(400, "BAD_REQUEST", "Send JSON with string fields username and password.")
     try:
         identity = await sign_in(request, gw, body["username"], body["password"],

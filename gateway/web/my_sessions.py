@@ -30,8 +30,8 @@ from ..errors import json_error, json_response, store_unavailable
 from ..state import Gateway
 from ..store import (ABSOLUTE, IDLE, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT,
                      USER_DISABLED, EndedSession, Session, StoreUnavailable)
-from .guards import (csrf_ok, csrf_token, current_identity, gateway_of, render, same_origin,
-                     see_other)
+from .guards import (csrf_ok, csrf_token, current_identity, gateway_of, json_object, render,
+                     same_origin, see_other)
 
 MAX_PASSWORD = 1024
 
@@ -119,13 +119,10 @@ async def _api_password(request: web.Request) -> str | None | web.Response:
     """The optional ``{"password"}`` of a JSON body; a body must be JSON."""
     if not request.body_exists:
         return None
-    if request.content_type != "application/json":
-        return json_error(415, "BAD_REQUEST", "Send Content-Type: application/json.")
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict) or not isinstance(body.get("password", ""), str):
+    body = await json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    if not isinstance(body.get("password", ""), str):
         return json_error(400, "BAD_REQUEST", "Send a JSON object; password is a string.")
     password = body.get("password")
     return password[:MAX_PASSWORD] if password else None
@@ -199,19 +196,14 @@ async def api_revoke_one(request: web.Request) -> web.Response:
 
 
 async def api_revoke_others(request: web.Request) -> web.Response:
-    try:
-        checked = await _api_change(request)
-        if isinstance(checked, web.Response):
-            return checked
-        gw, identity, password = checked
-        if (refusal := await _reauth_refusal(gw, identity, password)) is not None:
-            return refusal
-        return _no_store({"revoked": await _end_others(gw, identity)})
-    except StoreUnavailable:
-        return json_error(503, "STORE_UNAVAILABLE")
+    return await _end_many(request, everywhere=False)
 
 
 async def api_revoke_all(request: web.Request) -> web.Response:
+    return await _end_many(request, everywhere=True)
+
+
+async def _end_many(request: web.Request, everywhere: bool) -> web.Response:
     try:
         checked = await _api_change(request)
         if isinstance(checked, web.Response):
@@ -219,10 +211,12 @@ async def api_revoke_all(request: web.Request) -> web.Response:
         gw, identity, password = checked
         if (refusal := await _reauth_refusal(gw, identity, password)) is not None:
             return refusal
-        response = _no_store({"revoked": await _end_everywhere(gw, identity)})
+        end = _end_everywhere if everywhere else _end_others
+        response = _no_store({"revoked": await end(gw, identity)})
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
-    clear_session_cookie(response, gw.config)
+    if everywhere:
+        clear_session_cookie(response, gw.config)
     return response
 
 
