@@ -221,3 +221,46 @@ async def test_a_cookie_past_its_end_is_refused_even_with_the_store_down(
     clock.advance(2 * 3600 + 1)
     r = await send(client, "GET", "/x", token=token)
     assert (r.status, r.json()["error"]) == (401, "SESSION_EXPIRED")
+
+
+# -- what counts as activity ------------------------------------------------------------
+
+NAVIGATION = [("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "document")]
+BACKGROUND = [("Sec-Fetch-Mode", "cors"), ("Sec-Fetch-Dest", "empty")]
+
+
+@pytest.mark.parametrize("mode, headers, alive_after", [
+    ("requests", BACKGROUND, True),          # today's behaviour: any request extends
+    ("navigation", BACKGROUND, False),       # an app polling in the background does not
+    ("navigation", [("Sec-Fetch-Mode", "websocket"), ("Sec-Fetch-Dest", "websocket")], False),
+    ("navigation", [("Sec-Fetch-Mode", "navigate"), ("Sec-Fetch-Dest", "iframe")], False),
+    ("navigation", NAVIGATION, True),        # a page load by the person does
+    ("navigation", [], True),                # no Sec-Fetch-*: cannot tell, so it counts
+    ("interaction", BACKGROUND, False),
+    ("interaction", NAVIGATION, True),
+])
+async def test_which_requests_keep_a_session_from_going_idle(
+        upstream, make_config, gateway, store_settings, mode, headers, alive_after):
+    clock = Clock()
+    client = await gateway(make_config(str(upstream.make_url("/")), session={
+        **store_settings, "activity": mode, "idle_timeout": "10m", "touch_interval": "1s"}),
+        clock=clock)
+    token = await api_login(client)
+    clock.advance(9 * 60)
+    assert (await send(client, "GET", "/x", token=token, headers=headers)).status == 200
+    clock.advance(2 * 60)                   # 11 min after sign-in, 2 after that request
+    r = await send(client, "GET", "/x", token=token, headers=NAVIGATION)
+    assert (r.status == 200) is alive_after, r
+
+
+async def test_stay_signed_in_extends_in_every_mode(upstream, make_config, gateway):
+    clock = Clock()
+    client = await gateway(make_config(str(upstream.make_url("/")), session={
+        "activity": "navigation", "idle_timeout": "10m"}), clock=clock)
+    token = await api_login(client)
+    clock.advance(9 * 60)
+    r = await send(client, "POST", "/_gateway/api/session/refresh", token=token,
+                   headers=BACKGROUND)
+    assert r.status == 200
+    clock.advance(2 * 60)
+    assert (await send(client, "GET", "/x", token=token, headers=BACKGROUND)).status == 200

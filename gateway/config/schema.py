@@ -95,6 +95,7 @@ class SessionConfig:
     on_limit: str = key("evict_oldest", v.one_of("evict_oldest", "refuse"))
     history: float = key("30d", v.duration(minimum=60))
     reauth_after: float = key("10m", v.duration(minimum=0))
+    activity: str = key("requests", v.one_of("requests", "navigation", "interaction"))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,24 @@ class Refusal:
     had_cookie: bool = False
 
 
+def counts_as_activity(mode: str, fetch_mode: str | None, fetch_dest: str | None) -> bool:
+    """Whether a request shows that the person is active (``session.activity``).
+
+    ``requests``: every request does. ``navigation`` and ``interaction``: only
+    a top-level navigation (``Sec-Fetch-Mode: navigate`` with
+    ``Sec-Fetch-Dest: document``), so an app polling its API in the
+    background does not keep an idle person signed in. The two differ in
+    what a page may send besides: ``POST /api/session/refresh`` extends the
+    session in every mode (it is "Stay signed in"), and under
+    ``interaction`` the session monitor is to send it, debounced, when the
+    person types or clicks. A request without these headers (an older
+    browser, a script, curl) counts, as before: it cannot be told apart.
+    """
+    if mode == "requests" or fetch_mode is None:
+        return True
+    return fetch_mode == "navigate" and fetch_dest in (None, "document")
+
+
 _NOT_FOUND = Refusal(404, "NOT_FOUND")
 _PATH_PARAMETERS = Refusal(400, "BAD_REQUEST", "The request path contains ';' (path "
                                                "parameters), which this application does "
@@ -49,7 +67,9 @@ _NO_ROLE = Refusal(403, "FORBIDDEN", "Your account does not have access to this 
 
 
 async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip: str,
-                 user_agent: str) -> Decision | Refusal:
+                 user_agent: str, activity: bool = True) -> Decision | Refusal:
+    """``activity``: whether this request counts as the person being active
+    (see ``counts_as_activity``); only then may it extend the session."""
     config = gw.config
     # One canonical path: what is judged below is exactly what is forwarded.
     try:
@@ -78,7 +98,8 @@ async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip:
         return Decision(upstream, encoded_path, None, None)
     token = cookie_value(cookies, config.cookie_name)
     try:
-        identity = await gw.sessions.authenticate(token, ip=ip, user_agent=user_agent)
+        identity = await gw.sessions.authenticate(token, ip=ip, user_agent=user_agent,
+                                                  touch=activity)
     except AuthError as exc:
         return Refusal(401, exc.code, auth=exc, had_cookie=token is not None)
     except StoreUnavailable:

@@ -24,7 +24,7 @@ from ..errors import HTTP1, error_response, json_error, refuse_version, wants_ht
 from ..state import GATEWAY, Gateway
 from ..store import StoreUnavailable
 from .access import upstream_path
-from .decide import Refusal, decide
+from .decide import Refusal, counts_as_activity, decide
 from .forward import forward
 from .headers import client_ip, safe_header_value, upstream_request_headers
 from .websocket import forward_websocket, is_websocket
@@ -45,8 +45,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     # 2-5. The decision: canonical path, upstream, path parameters, session, roles.
     ip = client_ip(request.remote, request.headers, config.trusted_proxies)
     user_agent = request.headers.get("User-Agent", "")
-    verdict = await decide(gw, request.host, request.raw_path, request.headers.get("Cookie"),
-                           ip, user_agent)
+    headers_in = request.headers
+    activity = counts_as_activity(config.session.activity, headers_in.get("Sec-Fetch-Mode"),
+                                  headers_in.get("Sec-Fetch-Dest"))
+    verdict = await decide(gw, request.host, request.raw_path, headers_in.get("Cookie"),
+                           ip, user_agent, activity)
     if isinstance(verdict, Refusal):
         return refuse(request, gw, verdict)
     upstream, identity, token = verdict.upstream, verdict.identity, verdict.token
