@@ -361,3 +361,28 @@ async def test_the_login_page_explains_the_refusal(upstream, make_config, gatewa
                          "password": "alice-pw", "rd": "/"})
     assert r.status == 409
     assert "as many devices as this site allows" in r.text and 'name="make_room"' in r.text
+
+
+async def test_always_ask_still_lets_the_page_confirm_then_act(upstream, make_config, gateway):
+    client = await gateway(make_config(str(upstream.make_url("/")), session={
+        "reauth_after": "0s"}))
+    laptop, phone = await api_login(client), await api_login(client)
+    r, form_cookie = await page(client, phone)
+    csrf = csrf_of(r.text)
+    assert (await submit(client, phone, form_cookie, csrf, action="others")).status == 401
+    r = await submit(client, phone, form_cookie, csrf, action="confirm", password="alice-pw")
+    assert r.status == 303
+    r = await submit(client, phone, form_cookie, csrf, action="others")
+    assert r.status == 200 and "Signed out 1 other session." in r.text
+    assert (await send(client, "GET", "/x", token=laptop)).status == 401
+
+
+async def test_everywhere_is_not_blocked_by_a_session_that_already_idled_out(two_devices):
+    client, clock, laptop, phone = two_devices
+    for _ in range(2):                  # the laptop idles out; the phone stays, 11 min on
+        clock.advance(5.5 * 60)
+        await use(client, phone, IPHONE)
+    r, form_cookie = await page(client, phone)
+    assert "Chrome 156 on Linux" not in r.text.split("Recently ended")[0]
+    r = await submit(client, phone, form_cookie, csrf_of(r.text), action="everywhere")
+    assert r.status == 303 and r.headers["Location"] == "/_gateway/login"

@@ -1,8 +1,9 @@
 """Where an IP address is, from a MaxMind-format database (GeoIP2/GeoLite2 City
 or Country, or any database with the same fields), when one is configured.
 
-maxminddb is MaxMind's own reader (a C extension, the file memory-mapped),
-so a lookup costs microseconds and reads nothing until asked. Lookups happen
+maxminddb is MaxMind's own reader (its C extension where installed, the
+file memory-mapped), so a lookup costs microseconds and reads nothing until
+asked. Lookups happen
 when sessions are shown, never per proxied request, and are cached.
 """
 
@@ -21,7 +22,7 @@ from ..config import ConfigError
 class Locator:
     def __init__(self, database: Path) -> None:
         try:
-            self._reader = maxminddb.open_database(str(database), maxminddb.MODE_MMAP)
+            self._reader = maxminddb.open_database(str(database), maxminddb.MODE_AUTO)
         except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
             raise ConfigError([f"geoip.database: cannot read {database} ({exc})"]) from None
         self.locate = functools.lru_cache(maxsize=4096)(self._locate)

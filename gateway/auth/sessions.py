@@ -56,6 +56,9 @@ NOTICES = {
 _NOTICE_OF = {IDLE.reason: "idle", ABSOLUTE.reason: "expired",
               SESSION_LIMIT.reason: "session_limit"}
 
+# How long a password re-entered for a sensitive action counts, at least.
+REENTRY_MIN = 60.0
+
 # Who ended a session when no person did.
 SYSTEM = "system"
 USERS_FILE = "users-file"
@@ -285,21 +288,33 @@ class SessionService:
 
     # -- re-authentication --------------------------------------------------
     def reauth_due(self, session: Session) -> bool:
-        """Whether a sensitive action must ask for the password again (ASVS 7.5.2)."""
+        """Whether a sensitive action must ask for the password again (ASVS 7.5.2).
+
+        A password just re-entered counts for at least a minute even when
+        ``reauth_after`` is 0s ("always ask"), so that the page's two steps
+        (confirm, then act) can follow each other.
+        """
+        window = self.config.session.reauth_after
+        if session.authenticated_at:
+            window = max(window, REENTRY_MIN)
         entered = session.authenticated_at or session.created_at
-        return self.clock() - entered >= self.config.session.reauth_after
+        return self.clock() - entered >= window
 
     async def reauthenticate(self, identity: Identity, password: str) -> bool:
         """Check the password of the session's user; on success the session
         counts as freshly signed in for ``session.reauth_after``."""
         assert self.users is not None, "not in an operator tool"
         if await self.users.verify(identity.user.username, password) is None:
+            # Not throttled yet (the defences issue adds that); at least seen.
+            log.info("password re-entry failed for a session of %s", identity.user.key)
             return False
         now = self.clock()
         changes = {"authenticated_at": now}
         self.cache.drop(identity.session.id)
-        await self.store.touch(replace(identity.session, **changes), changes)
-        identity.session = replace(identity.session, **changes)
+        touched = replace(identity.session, **changes)
+        if not await self.store.touch(touched, changes):
+            return False            # the session ended meanwhile
+        identity.session = touched
         return True
 
     # -- what the APIs show ------------------------------------------------

@@ -19,12 +19,13 @@ lifecycle (auth/sessions.py), so each is recorded with its reason and actor.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from ..auth.cookies import clear_session_cookie, set_notice
-from ..auth.devices import describe
+from ..auth.devices import Device, describe
 from ..auth.sessions import SESSION_NOT_FOUND, AuthError, Identity, iso
 from ..errors import json_error, json_response, store_unavailable
 from ..state import Gateway
@@ -61,8 +62,8 @@ def reason_text(record: EndedSession) -> str:
     }.get(record.reason, "Ended.")
 
 
-def _details(gw: Gateway, s: Session) -> dict[str, Any]:
-    device = describe(s.user_agent)
+def _details(gw: Gateway, s: Session, devices: dict[str, Device]) -> dict[str, Any]:
+    device = devices[s.user_agent]
     return {
         "id": s.id,
         "created_at": iso(s.created_at),
@@ -86,8 +87,13 @@ async def listing(gw: Gateway, identity: Identity) -> tuple[list[dict[str, Any]]
     live = [s for s in await gw.store.user_sessions(username) if s.alive(now)]
     live.sort(key=lambda s: (s.id != current, -s.last_seen_at))
     ended = await gw.store.history(username, now - gw.config.session.history)
-    return ([{**_details(gw, s), "current": s.id == current, "status": "ACTIVE"} for s in live],
-            [{**_details(gw, e.session), "current": False, "status": e.status,
+    # User-Agents are the users' own strings; parsing an unseen one costs
+    # milliseconds, so all of them are parsed in one trip off the event loop.
+    agents = {s.user_agent for s in live} | {e.session.user_agent for e in ended}
+    devices = await asyncio.to_thread(lambda: {ua: describe(ua) for ua in agents})
+    return ([{**_details(gw, s, devices), "current": s.id == current, "status": "ACTIVE"}
+             for s in live],
+            [{**_details(gw, e.session, devices), "current": False, "status": e.status,
               "ended_at": iso(e.ended_at), "reason": e.reason, "reason_text": reason_text(e)}
              for e in ended])
 
@@ -262,8 +268,10 @@ async def sessions_submit(request: web.Request) -> web.StreamResponse:
             return see_other(f"{gw.config.prefix}/sessions")
         sid = str(form.get("sid", ""))
         if action == "revoke" and sid == me.id or action == "everywhere":
+            now = gw.sessions.clock()
             if action == "everywhere" and gw.sessions.reauth_due(me) and any(
-                    s.id != me.id for s in await gw.store.user_sessions(me.username)):
+                    s.id != me.id and s.alive(now)
+                    for s in await gw.store.user_sessions(me.username)):
                 return await sessions_page(request, status=401, error=_CONFIRM_FIRST)
             if action == "everywhere":
                 await _end_others(gw, identity)
@@ -281,8 +289,8 @@ async def sessions_submit(request: web.Request) -> web.StreamResponse:
             notice = f"Signed out {ended} other session{'' if ended == 1 else 's'}."
         else:
             target = await gw.store.get(me.username, sid)
-            if target is None or not await gw.sessions.end(me.username, sid, REVOKED_BY_USER,
-                                                           actor=me.username):
+            if target is None or not target.alive(gw.sessions.clock()) or not await \
+                    gw.sessions.end(me.username, sid, REVOKED_BY_USER, actor=me.username):
                 return await sessions_page(request, status=404,
                                            error="That session has already ended.")
             notice = "Signed out that session."
