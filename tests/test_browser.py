@@ -14,6 +14,8 @@ from authkit import send
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as arrived
+from selenium.webdriver.support.ui import WebDriverWait
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,11 @@ def sign_in(driver: Any, base: str, rd: str) -> None:
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
+def wait_for(driver: Any, condition: Any) -> Any:
+    """A click starts a navigation; what it leads to arrives a moment later."""
+    return WebDriverWait(driver, 10).until(condition)
+
+
 async def test_a_person_signs_out_another_device_on_the_sessions_page(
         upstream: Any, make_config: Any, gateway: Any, browser: Any) -> None:
     client = await gateway(make_config(str(upstream.make_url("/"))))
@@ -56,12 +63,13 @@ async def test_a_person_signs_out_another_device_on_the_sessions_page(
 
     def click_through() -> str:
         sign_in(browser, base, "/_gateway/sessions")
-        assert browser.title == "Your sessions", browser.page_source[:500]
+        wait_for(browser, arrived.title_is("Your sessions"))
         cards = browser.find_elements(By.CSS_SELECTOR, "ul.sessions li")
         phone = next(c for c in cards if "Mobile Safari 17 on iOS 17" in c.text)
         assert "This device" not in phone.text
         phone.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        return browser.find_element(By.CSS_SELECTOR, "[role=status]").text
+        return wait_for(browser, arrived.presence_of_element_located(
+            (By.CSS_SELECTOR, "[role=status]"))).text
 
     notice = await asyncio.to_thread(click_through)
     assert notice == "Signed out that session."
