@@ -82,6 +82,13 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def session_times(s: Session) -> dict[str, Any]:
+    """What every API shows of a session's life: id, times (ISO 8601 UTC), remember-me."""
+    return {"id": s.id, "created_at": iso(s.created_at), "last_seen_at": iso(s.last_seen_at),
+            "idle_expires_at": iso(s.idle_expires_at), "expires_at": iso(s.expires_at),
+            "remember": s.remember}
+
+
 def new_session_id() -> str:
     """256 random bits from ``secrets``, URL-safe. Never starting with "-", so
     an operator can paste it after ``--id`` (argparse would read it as an
@@ -325,18 +332,12 @@ class SessionService:
     def describe(self, identity: Identity) -> dict[str, Any]:
         """The body of ``GET /api/session``."""
         s = identity.session
-        ends = s.idle_expires_at
-        remaining = max(0, int(ends - self.clock()))
+        remaining = max(0, int(s.idle_expires_at - self.clock()))
         return {
             "user": identity.user.public(),
             "session": {
-                "id": s.id,
-                "created_at": iso(s.created_at),
-                "last_seen_at": iso(s.last_seen_at),
-                "idle_expires_at": iso(ends),
-                "expires_at": iso(s.expires_at),
+                **session_times(s),
                 "remaining_seconds": remaining,
                 "expiring_soon": remaining <= self.config.session.expiring_soon,
-                "remember": s.remember,
             },
         }

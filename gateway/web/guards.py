@@ -18,7 +18,8 @@ import jinja2
 from aiohttp import web
 from aiohttp_session import get_session
 
-from ..auth.sessions import Identity
+from ..auth.cookies import clear_session_cookie
+from ..auth.sessions import SESSION_NOT_FOUND, AuthError, Identity
 from ..config import origin_of
 from ..errors import json_error
 from ..proxy.headers import client_ip, cookie_value
@@ -116,3 +117,17 @@ async def json_object(request: web.Request) -> dict[str, Any] | web.Response:
     if not isinstance(body, dict):
         return json_error(400, "BAD_REQUEST", "Send a JSON object.")
     return body
+
+
+async def api_identity(request: web.Request, gw: Gateway, *, touch: bool = False,
+                       force_touch: bool = False) -> Identity | web.Response:
+    """The caller's identity for a JSON endpoint, or its 401: the code says
+    why, and a cookie that named a dead session is cleared. StoreUnavailable
+    propagates."""
+    try:
+        return await current_identity(request, gw, touch=touch, force_touch=force_touch)
+    except AuthError as exc:
+        response = json_error(401, exc.code, headers={"Cache-Control": "no-store"})
+        if exc.code != SESSION_NOT_FOUND:
+            clear_session_cookie(response, gw.config)
+        return response

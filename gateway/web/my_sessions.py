@@ -26,13 +26,13 @@ from aiohttp import web
 
 from ..auth.cookies import clear_session_cookie, set_notice
 from ..auth.devices import Device, describe
-from ..auth.sessions import SESSION_NOT_FOUND, AuthError, Identity, iso
+from ..auth.sessions import AuthError, Identity, iso, session_times
 from ..errors import json_error, json_response, store_unavailable
 from ..state import Gateway
 from ..store import (ABSOLUTE, IDLE, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT,
                      USER_DISABLED, EndedSession, Session, StoreUnavailable)
-from .guards import (csrf_ok, csrf_token, current_identity, gateway_of, json_object, render,
-                     same_origin, see_other)
+from .guards import (api_identity, csrf_ok, csrf_token, current_identity, gateway_of,
+                     json_object, render, same_origin, see_other)
 
 MAX_PASSWORD = 1024
 
@@ -65,16 +65,11 @@ def reason_text(record: EndedSession) -> str:
 def _details(gw: Gateway, s: Session, devices: dict[str, Device]) -> dict[str, Any]:
     device = devices[s.user_agent]
     return {
-        "id": s.id,
-        "created_at": iso(s.created_at),
-        "last_seen_at": iso(s.last_seen_at),
-        "idle_expires_at": iso(s.idle_expires_at),
-        "expires_at": iso(s.expires_at),
+        **session_times(s),
         "ip": s.ip,
         "location": gw.locator.locate(s.ip) if gw.locator and s.ip else None,
         "user_agent": s.user_agent,
         "device": device.public(),
-        "remember": s.remember,
         "mfa": False,
     }
 
@@ -111,16 +106,6 @@ async def _end_everywhere(gw: Gateway, identity: Identity) -> int:
 
 # -- JSON API -------------------------------------------------------------------
 
-async def _api_identity(request: web.Request, gw: Gateway) -> Identity | web.Response:
-    try:
-        return await current_identity(request, gw)
-    except AuthError as exc:
-        response = json_error(401, exc.code, headers={"Cache-Control": "no-store"})
-        if exc.code != SESSION_NOT_FOUND:
-            clear_session_cookie(response, gw.config)
-        return response
-
-
 async def _api_password(request: web.Request) -> str | None | web.Response:
     """The optional ``{"password"}`` of a JSON body; a body must be JSON."""
     if not request.body_exists:
@@ -142,7 +127,7 @@ async def _api_change(request: web.Request) -> tuple[Gateway, Identity, str | No
     password = await _api_password(request)
     if isinstance(password, web.Response):
         return password
-    identity = await _api_identity(request, gw)
+    identity = await api_identity(request, gw)
     if isinstance(identity, web.Response):
         return identity
     return gw, identity, password
@@ -166,7 +151,7 @@ def _no_store(body: dict[str, Any]) -> web.Response:
 async def api_sessions(request: web.Request) -> web.Response:
     gw = gateway_of(request)
     try:
-        identity = await _api_identity(request, gw)
+        identity = await api_identity(request, gw)
         if isinstance(identity, web.Response):
             return identity
         live, ended = await listing(gw, identity)
@@ -274,8 +259,9 @@ async def sessions_submit(request: web.Request) -> web.StreamResponse:
                     for s in await gw.store.user_sessions(me.username)):
                 return await sessions_page(request, status=401, error=_CONFIRM_FIRST)
             if action == "everywhere":
-                await _end_others(gw, identity)
-            await gw.sessions.end(me.username, me.id, LOGOUT, actor=me.username)
+                await _end_everywhere(gw, identity)
+            else:
+                await gw.sessions.end(me.username, me.id, LOGOUT, actor=me.username)
             response = see_other(f"{gw.config.prefix}/login")
             clear_session_cookie(response, gw.config)
             set_notice(response, gw.config, "signed_out")

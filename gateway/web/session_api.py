@@ -4,24 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..auth.cookies import clear_session_cookie
-from ..auth.sessions import SESSION_NOT_FOUND, AuthError
 from ..errors import json_error, json_response
 from ..store import StoreUnavailable
-from .guards import current_identity, gateway_of, same_origin
+from .guards import api_identity, gateway_of, same_origin
 
 
 async def _session_json(request: web.Request, **touch: bool) -> web.Response:
     gw = gateway_of(request)
     try:
-        identity = await current_identity(request, gw, **touch)
-    except AuthError as exc:
-        response = json_error(401, exc.code, headers={"Cache-Control": "no-store"})
-        if exc.code != SESSION_NOT_FOUND:
-            clear_session_cookie(response, gw.config)
-        return response
+        identity = await api_identity(request, gw, **touch)
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
+    if isinstance(identity, web.Response):
+        return identity
     return json_response(200, gw.sessions.describe(identity), headers={"Cache-Control": "no-store"})
 
 
