@@ -63,7 +63,8 @@ def create_app(config: Config, store: SessionStore | None = None,
         gw = Gateway(
             config=config, router=Router(config.upstreams), users=users,
             store=session_store,
-            sessions=SessionService(config, session_store, users, Tokens(config.secret), clock),
+            sessions=SessionService(config, session_store, users, Tokens(config.secret), clock,
+                                    locator),
             signer=signer, client=client, background=background,
             strip_headers=frozenset(fold(n) for n in
                                     (*config.headers.names(), *IdentityHeaders().names())),

@@ -110,7 +110,7 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
     store = create_store(config.session)
     # The same lifecycle as the running gateway: ended records, the feed to
     # every worker's cache, one event; the actor is the CLI.
-    service = SessionService(config, store, users=None, tokens=None)
+    service = SessionService(config, store, users=None, tokens=None, watch=False)
     try:
         if args.action == "list":
             print(f"{'ID':<44} {'USER':<20} {'CREATED':<20} {'LAST SEEN':<20} IP")

@@ -80,4 +80,6 @@ async def test_a_person_signs_out_another_device_on_the_sessions_page(
     # The browser's own session is untouched.
     cookies = await asyncio.to_thread(browser.get_cookies)
     token = next(c["value"] for c in cookies if c["name"] == "gateway_session")
-    assert (await send(client, "GET", "/x", token=token)).status == 200
+    agent = await asyncio.to_thread(browser.execute_script, "return navigator.userAgent")
+    assert (await send(client, "GET", "/x", token=token,
+                       headers=[("User-Agent", agent)])).status == 200

@@ -10,8 +10,10 @@ from typing import Any
 
 import jwt
 import pytest
+from aiohttp.http import SERVER_SOFTWARE
 
-from authkit import COOKIE, api_login, csrf_of, send
+from authkit import COOKIE, api_login, csrf_of
+from authkit import send as send_raw
 from conftest import Clock
 
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
@@ -25,18 +27,33 @@ def sid_of(token: str) -> str:
     return jwt.decode(token, options={"verify_signature": False})["sid"]
 
 
+# The browser each token signed in from: a device keeps its User-Agent, and
+# a session used from another browser is ended (security_events.ua_changed).
+_AGENT_OF: dict[str, str] = {}
+
+
+async def send(client: Any, method: str, target: str, *, token: str | None = None,
+               headers: list[tuple[str, str]] | None = None, **kwargs: Any) -> Any:
+    """authkit's send, from the browser that ``token`` signed in on."""
+    headers = list(headers or [])
+    if token in _AGENT_OF and not any(k.lower() == "user-agent" for k, _ in headers):
+        headers.append(("User-Agent", _AGENT_OF[token]))
+    return await send_raw(client, method, target, token=token, headers=headers, **kwargs)
+
+
 async def login_from(client: Any, user_agent: str, ip: str, username: str = "alice",
                      password: str = "alice-pw", **extra: Any) -> Any:
-    return await send(client, "POST", "/_gateway/api/login",
-                      headers=[("User-Agent", user_agent), ("X-Forwarded-For", ip)],
-                      json={"username": username, "password": password, **extra})
+    r = await send(client, "POST", "/_gateway/api/login",
+                   headers=[("User-Agent", user_agent), ("X-Forwarded-For", ip)],
+                   json={"username": username, "password": password, **extra})
+    if r.status == 200:
+        _AGENT_OF[token_of(r)] = user_agent
+    return r
 
 
-async def use(client: Any, token: str, user_agent: str = LAPTOP,
-              ip: str = "198.51.100.7") -> int:
-    """A proxied request from a device (its own User-Agent and address)."""
-    r = await send(client, "GET", "/x", token=token,
-                   headers=[("User-Agent", user_agent), ("X-Forwarded-For", ip)])
+async def use(client: Any, token: str, ip: str = "198.51.100.7") -> int:
+    """A proxied request from a device (its own browser, from ``ip``)."""
+    r = await send(client, "GET", "/x", token=token, headers=[("X-Forwarded-For", ip)])
     return r.status
 
 
@@ -122,7 +139,7 @@ async def test_revoke_others_asks_for_the_password_once_the_login_is_old(two_dev
         clock.advance(5.5 * 60)
         for token in (laptop, third):
             await use(client, token)
-        await use(client, phone, IPHONE)
+        await use(client, phone)
     path = "/_gateway/api/sessions/revoke-others"
     r = await send(client, "POST", path, token=phone, headers=SAME_SITE)
     assert (r.status, r.json()["error"]) == (401, "REAUTH_REQUIRED")
@@ -182,7 +199,7 @@ async def test_history_shows_each_status_and_why(two_devices):
     third = token_of(await login_from(client, LAPTOP, "192.0.2.1"))
     await send(client, "POST", "/_gateway/logout", token=third, json={})
     clock.advance(9 * 60)
-    await use(client, phone, IPHONE)
+    await use(client, phone)
     clock.advance(2 * 60)                                   # the laptop idled out
     assert (await send(client, "GET", "/x", token=laptop)).status == 401
     ended = (await send(client, "GET", "/_gateway/api/sessions", token=phone)).json()["ended"]
@@ -249,7 +266,8 @@ async def submit(client: Any, token: str, form_cookie: str, csrf: str,
                  **fields: str) -> Any:
     cookie = f"{COOKIE}={token}; {form_cookie}"
     return await send(client, "POST", "/_gateway/sessions", accept="text/html",
-                      headers=[("Cookie", cookie), *SAME_SITE],
+                      headers=[("Cookie", cookie), ("User-Agent", _AGENT_OF.get(token, SERVER_SOFTWARE)),
+                               *SAME_SITE],
                       data={"csrf_token": csrf, **fields})
 
 
@@ -271,7 +289,7 @@ async def test_the_page_asks_for_the_password_before_ending_others(two_devices):
     for _ in range(2):                  # 11 minutes on, both kept alive by use
         clock.advance(5.5 * 60)
         await use(client, laptop)
-        await use(client, phone, IPHONE)
+        await use(client, phone)
     r, form_cookie = await page(client, phone)
     assert "confirm your password" in r.text
     assert re.search(r'value="others">\s*<button[^>]*disabled', r.text)
@@ -381,7 +399,7 @@ async def test_everywhere_is_not_blocked_by_a_session_that_already_idled_out(two
     client, clock, laptop, phone = two_devices
     for _ in range(2):                  # the laptop idles out; the phone stays, 11 min on
         clock.advance(5.5 * 60)
-        await use(client, phone, IPHONE)
+        await use(client, phone)
     r, form_cookie = await page(client, phone)
     assert "Chrome 156 on Linux" not in r.text.split("Recently ended")[0]
     r = await submit(client, phone, form_cookie, csrf_of(r.text), action="everywhere")

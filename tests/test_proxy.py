@@ -16,6 +16,10 @@ from aiohttp import WSMsgType, web
 from authkit import raw_exchange
 from conftest import free_port, login, seen_headers, upstream_app
 
+# The User-Agent the test client signed in with: a session used from another
+# browser is ended (security_events.ua_changed), as a stolen cookie would be.
+SAME_BROWSER = aiohttp.http.SERVER_SOFTWARE
+
 MiB = 2**20
 
 
@@ -356,7 +360,8 @@ async def test_response_headers_untouched(upstream: Any, make_config: Any,
     port = client.server.port
     data = await raw_exchange(client, (
         f"GET /special HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Cookie: gateway_session={cookie.value}\r\nConnection: close\r\n\r\n").encode())
+        f"Cookie: gateway_session={cookie.value}\r\nUser-Agent: {SAME_BROWSER}\r\n"
+        "Connection: close\r\n\r\n").encode())
     status, headers, body = split_response(data)
     assert status == 302
     lower = [(k.lower(), v) for k, v in headers]
@@ -678,7 +683,8 @@ async def test_query_string_forwarded_exactly(upstream: Any, make_config: Any,
     for target in QUERIES:
         data = await raw_exchange(client, (
             f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Cookie: gateway_session={cookie.value}\r\nConnection: close\r\n\r\n").encode())
+            f"Cookie: gateway_session={cookie.value}\r\nUser-Agent: {SAME_BROWSER}\r\n"
+            "Connection: close\r\n\r\n").encode())
         status, headers, body = split_response(data)
         assert status == 200, (target, data[:300])
         if ("Transfer-Encoding", "chunked") in headers:
@@ -693,7 +699,8 @@ async def test_path_forwarded_canonically(upstream: Any, make_config: Any, gatew
     cookie = client.session.cookie_jar.filter_cookies(client.make_url("/"))["gateway_session"]
     data = await raw_exchange(client, (
         "GET //a/./b/../c%41/d%20e/caf%c3%a9?x=/../y HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Cookie: gateway_session={cookie.value}\r\nConnection: close\r\n\r\n").encode())
+        f"Cookie: gateway_session={cookie.value}\r\nUser-Agent: {SAME_BROWSER}\r\n"
+        "Connection: close\r\n\r\n").encode())
     status, headers, body = split_response(data)
     assert status == 200
     if ("Transfer-Encoding", "chunked") in headers:

@@ -534,3 +534,39 @@ async def test_redis_store_closes_its_connections(redis_server, clock):
     pool = store.redis.connection_pool
     await store.close()
     assert all(not c.is_connected for c in pool._available_connections + list(pool._in_use_connections))
+
+
+# -- security events ----------------------------------------------------------------------
+
+def alert(clock: Clock, n: int = 0) -> dict[str, Any]:
+    return {"id": f"e{n}", "type": "security.ip_changed", "at": clock(), "policy": "notify"}
+
+
+async def test_a_finding_is_recorded_once_per_session_and_mark(store, clock):
+    assert await store.add_security_event("alice", "s1", "ip:a", alert(clock, 1), 600, 3600)
+    assert not await store.add_security_event("alice", "s1", "ip:a", alert(clock, 2), 600, 3600)
+    assert await store.add_security_event("alice", "s1", "ip:b", alert(clock, 3), 600, 3600)
+    assert await store.add_security_event("alice", "s2", "ip:a", alert(clock, 4), 600, 3600)
+    assert await store.add_security_event("bob", "s3", "ip:a", alert(clock, 5), 600, 3600)
+    assert sorted(e["id"] for e in await store.security_events("alice", 0)) == ["e1", "e3", "e4"]
+    # The session's marks go with it: Redis by a key TTL, memory by the clock.
+    if isinstance(store, RedisSessionStore):
+        assert 590_000 < await store.redis.pttl(store.marks_key("alice", "s1")) <= 600_000
+    else:
+        clock.advance(601)
+        assert await store.add_security_event("alice", "s1", "ip:a", alert(clock, 6), 600, 3600)
+
+
+async def test_security_events_keep_the_history_window_and_at_most_100(store, clock):
+    await store.add_security_event("alice", "s1", "old", alert(clock, 0), 9999, 3600)
+    clock.advance(10)
+    since = clock()
+    for n in range(1, 106):
+        clock.advance(1)
+        await store.add_security_event("alice", "s1", f"m{n}", alert(clock, n), 9999, 3600)
+    events = await store.security_events("alice", 0)
+    assert [e["id"] for e in events] == [f"e{n}" for n in range(105, 5, -1)]   # newest first
+    assert len(await store.security_events("alice", since + 100)) == 5
+    clock.advance(3600)
+    await store.add_security_event("alice", "s1", "late", alert(clock, 999), 9999, 3600)
+    assert [e["id"] for e in await store.security_events("alice", 0)] == ["e999"]

@@ -23,9 +23,20 @@ class Device:
     type: str       # desktop | mobile | tablet | bot | unknown
     os: str         # "iOS 17", "Windows 10", "Linux"; "" when unknown
     browser: str    # "Mobile Safari 17", "Chrome 156"; "" when unknown
+    # What security events compare (auth/security.py): families, and the
+    # browser's major version, never the full string.
+    os_family: str = ""
+    browser_family: str = ""
+    browser_major: int | None = None
 
     def public(self) -> dict[str, str]:
         return {"type": self.type, "os": self.os, "browser": self.browser}
+
+    def text(self) -> str:
+        """ "Firefox 130 on Linux", for people."""
+        if self.browser and self.os:
+            return f"{self.browser} on {self.os}"
+        return self.browser or self.os or "an unknown device"
 
 
 def _name(family: str | None, major: str | None) -> str:
@@ -54,7 +65,10 @@ def describe(user_agent: str) -> Device:
         kind = "desktop"
     else:
         kind = "unknown"
-    return Device(kind, os_name, browser)
+    major = ua.major if ua and ua.major and ua.major.isdigit() else None
+    return Device(kind, os_name, browser, os_family=os.family if os else "",
+                  browser_family=ua.family if ua else "",
+                  browser_major=int(major) if major else None)
 
 
 def warm_up() -> None:

@@ -2,7 +2,8 @@
 
 The session service emits one event when a session starts and one when it
 ends, whoever ended it (the user, an admin, the CLI, the cap, the users
-file, a timeout observed). Subscribers are called in order and must not
+file, a timeout observed), and the security watch one per finding
+(``security.*``, security.py). Subscribers are called in order and must not
 block; one that raises is logged and the others still run.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ..store import Session
 
@@ -22,12 +24,13 @@ ENDED = "session.ended"
 
 @dataclass(frozen=True)
 class SessionEvent:
-    type: str               # STARTED | ENDED
+    type: str               # STARTED | ENDED | security.*
     session: Session
     at: float               # unix seconds
     actor: str              # who did it: the username, "admin:<name>", "cli", "system", "users-file"
     status: str = "ACTIVE"  # for ENDED: LOGGED_OUT | REVOKED | EXPIRED
     reason: str = ""        # for ENDED: an Ending reason
+    details: Mapping[str, str] = field(default_factory=dict)   # for security.*: the finding
 
 
 class Events:

@@ -29,11 +29,13 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ..store import (ABSOLUTE, EXPIRED, IDLE, SESSION_LIMIT, USER_DISABLED, Ending,
-                     Session, SessionStore, StoreUnavailable)
+from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, SESSION_LIMIT, UA_CHANGED,
+                     USER_DISABLED, Ending, Session, SessionStore, StoreUnavailable)
 from .cache import SessionCache
 from .events import ENDED, STARTED, Events, SessionEvent
 if TYPE_CHECKING:
+    from .geo import Locator
+    from .security import SecurityWatch
     from .tokens import Tokens
     from .users import User, UserDirectory
 
@@ -52,9 +54,12 @@ NOTICES = {
     "expired": "Your session has expired. Please sign in again.",
     "signed_out": "You were signed out.",
     "session_limit": "You were signed out because you signed in on too many devices.",
+    "security": "You were signed out because your session was used from another "
+                "browser or network. Please sign in again.",
 }
 _NOTICE_OF = {IDLE.reason: "idle", ABSOLUTE.reason: "expired",
-              SESSION_LIMIT.reason: "session_limit"}
+              SESSION_LIMIT.reason: "session_limit", IP_CHANGED.reason: "security",
+              UA_CHANGED.reason: "security"}
 
 # How long a password re-entered for a sensitive action counts, at least.
 REENTRY_MIN = 60.0
@@ -107,10 +112,12 @@ def refusal_for(ending: Ending) -> AuthError:
 class SessionService:
     """``users`` and ``tokens`` are None only in operator tools (the CLI),
     which start and end sessions but never authenticate a request; they are
-    passed in so that such a tool loads neither argon2 nor the JWT stack."""
+    passed in so that such a tool loads neither argon2 nor the JWT stack
+    (nor, with ``watch=False``, the User-Agent parser)."""
 
     def __init__(self, config: Config, store: SessionStore, users: UserDirectory | None,
-                 tokens: Tokens | None, clock: Callable[[], float] = time.time) -> None:
+                 tokens: Tokens | None, clock: Callable[[], float] = time.time,
+                 locator: Locator | None = None, watch: bool = True) -> None:
         self.config = config
         self.store = store
         self.users = users
@@ -120,6 +127,10 @@ class SessionService:
         self.cache = SessionCache(s.cache_ttl)
         self.tokens = tokens
         self.events = Events()
+        self.watch: SecurityWatch | None = None
+        if watch:
+            from .security import SecurityWatch
+            self.watch = SecurityWatch(config, store, self.events, locator, clock)
         # sid -> (code, notice) of a session known to be gone. Not the
         # AuthError itself: every raise would add its traceback to it.
         self._dead: dict[str, tuple[str, str | None]] = {}
@@ -145,6 +156,12 @@ class SessionService:
         self.events.emit(SessionEvent(STARTED, session, now, actor=user.key))
         for old in evicted:
             self._ended(old, SESSION_LIMIT, SYSTEM, now)
+        if self.watch is not None:
+            try:
+                await self.watch.at_sign_in(session)
+            except StoreUnavailable as exc:
+                log.warning("security events of a sign-in of %s not checked: store "
+                            "unavailable (%s)", user.key, exc)
         return session
 
     # -- end -------------------------------------------------------------
@@ -228,6 +245,12 @@ class SessionService:
         if user is None or user.disabled:
             await self.end(username, sid, USER_DISABLED, USERS_FILE)
             raise refusal_for(USER_DISABLED)
+        # Two string comparisons; only a difference costs more (security.py).
+        if (ip != session.ip or user_agent != session.user_agent) and self.watch is not None:
+            ending = await self.watch.observe(session, ip, user_agent)
+            if ending is not None:
+                await self.end(username, sid, ending, SYSTEM)
+                raise refusal_for(ending)
         if force_touch or (touch and now - session.last_seen_at >= self.touch_interval):
             # A copy: the cached session must only ever say what the store says,
             # even when this write fails.

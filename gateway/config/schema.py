@@ -98,6 +98,20 @@ class SessionConfig:
     activity: str = key("requests", v.one_of("requests", "navigation", "interaction"))
 
 
+_AT_SIGN_IN = v.one_of("off", "log", "notify")
+_IN_SESSION = v.one_of("off", "log", "notify", "end")
+
+
+@dataclass(frozen=True)
+class SecurityEvents:
+    """What to do on each finding (auth/security.py). Findings at sign-in
+    cannot ``end``: that would refuse the sign-in, which is not their job."""
+    new_device: str = key("notify", _AT_SIGN_IN)
+    new_location: str = key("notify", _AT_SIGN_IN)
+    ip_changed: str = key("log", _IN_SESSION)
+    ua_changed: str = key("end", _IN_SESSION)
+
+
 @dataclass(frozen=True)
 class UsersConfig:
     file: str = key(None, v.string, required=True)
@@ -149,6 +163,7 @@ class Config:
     log_level: str = key("info", v.one_of(*v.LOG_LEVELS))
     access_log: bool = key(False, v.boolean)
     session: SessionConfig = section(SessionConfig)
+    security_events: SecurityEvents = section(SecurityEvents)
     users: UsersConfig = section(UsersConfig)
     limits: Limits = section(Limits)
     headers: IdentityHeaders = section(IdentityHeaders)

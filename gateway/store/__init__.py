@@ -6,13 +6,14 @@ import time
 from collections.abc import Callable
 
 from ..config import SessionConfig
-from .base import (ABSOLUTE, EXPIRED, IDLE, LOGGED_OUT, LOGOUT, REVOKED,
-                   REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, USER_DISABLED,
+from .base import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGGED_OUT, LOGOUT, REVOKED,
+                   REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED,
                    AtCapacity, EndedSession, Ending, Page, Session, SessionStore,
                    StoreUnavailable)
 
-__all__ = ["create_store", "ABSOLUTE", "EXPIRED", "IDLE", "LOGGED_OUT", "LOGOUT",
-           "REVOKED", "REVOKED_BY_ADMIN", "REVOKED_BY_USER", "SESSION_LIMIT", "USER_DISABLED",
+__all__ = ["create_store", "ABSOLUTE", "EXPIRED", "IDLE", "IP_CHANGED", "LOGGED_OUT", "LOGOUT",
+           "REVOKED", "REVOKED_BY_ADMIN", "REVOKED_BY_USER", "SESSION_LIMIT", "UA_CHANGED",
+           "USER_DISABLED",
            "AtCapacity", "EndedSession", "Ending", "Page", "Session", "SessionStore", "StoreUnavailable"]
 
 

@@ -43,6 +43,8 @@ REVOKED_BY_USER = Ending(REVOKED, "revoked_by_user")
 REVOKED_BY_ADMIN = Ending(REVOKED, "revoked_by_admin")   # the admin console or the CLI
 SESSION_LIMIT = Ending(REVOKED, "session_limit")
 USER_DISABLED = Ending(REVOKED, "user_disabled")          # disabled or removed in the users file
+IP_CHANGED = Ending(REVOKED, "ip_changed")               # security_events.ip_changed: end
+UA_CHANGED = Ending(REVOKED, "ua_changed")               # security_events.ua_changed: end
 IDLE = Ending(EXPIRED, "idle")
 ABSOLUTE = Ending(EXPIRED, "absolute")
 
@@ -239,6 +241,19 @@ class SessionStore(ABC):
     @abstractmethod
     async def list_sessions(self, cursor: str | None, limit: int) -> Page:
         """All live sessions, most recently active first, a page at a time."""
+
+    @abstractmethod
+    async def add_security_event(self, username: str, sid: str, mark: str,
+                                 record: dict[str, Any], keep: float, history: float) -> bool:
+        """Keep ``record`` (JSON-able, with a numeric ``at``) among the user's
+        security events for ``history`` seconds, unless this session already
+        has one marked ``mark``: across every worker and instance, each
+        finding is recorded once. Marks are kept ``keep`` seconds (the
+        session's life). Returns whether this call recorded it."""
+
+    @abstractmethod
+    async def security_events(self, username: str, since: float) -> list[dict[str, Any]]:
+        """The user's security events after ``since``, most recent first (at most 100)."""
 
     @abstractmethod
     async def ping(self) -> None:

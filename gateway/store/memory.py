@@ -25,6 +25,10 @@ class MemorySessionStore(SessionStore):
         self._ended: dict[str, EndedSession] = {}
         self._ended_until: dict[str, float] = {}
         self._next_sweep = 0.0
+        # Security events: per user (time, record); per session the marks
+        # already recorded, and until when they are kept.
+        self._alerts: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self._marks: dict[str, tuple[float, set[str]]] = {}
 
     async def create(self, session: Session, cap: int, history: float,
                      refuse: bool = False) -> list[Session]:
@@ -112,6 +116,26 @@ class MemorySessionStore(SessionStore):
         return Page([replace(s, extra=dict(s.extra)) for s in page],
                     encode_cursor(page[-1].last_seen_at, page[-1].id) if more else None)
 
+    async def add_security_event(self, username: str, sid: str, mark: str,
+                                 record: dict[str, Any], keep: float, history: float) -> bool:
+        now = self._clock()
+        until, marks = self._marks.get(sid, (0.0, set()))
+        if until > now and mark in marks:
+            return False
+        if until <= now:
+            marks = set()
+        marks.add(mark)
+        self._marks[sid] = (max(until, now + keep), marks)
+        at = float(record["at"])
+        kept = [(t, r) for t, r in self._alerts.get(username, []) if t > now - history]
+        kept.append((at, dict(record)))
+        kept.sort(key=lambda item: item[0])
+        self._alerts[username] = kept[-100:]
+        return True
+
+    async def security_events(self, username: str, since: float) -> list[dict[str, Any]]:
+        return [dict(r) for t, r in reversed(self._alerts.get(username, [])) if t > since]
+
     async def ping(self) -> None:
         return None
 
@@ -134,3 +158,5 @@ class MemorySessionStore(SessionStore):
                 self._forget(session)
         for sid in [sid for sid, until in self._ended_until.items() if until <= now]:
             del self._ended[sid], self._ended_until[sid]
+        for sid in [sid for sid, (until, _) in self._marks.items() if until <= now]:
+            del self._marks[sid]

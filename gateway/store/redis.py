@@ -10,6 +10,9 @@ the per-user scripts stay legal there):
     gw:{tag}:e:<sid>   ended record: the session's fields plus status, reason,
                        actor, ended_at, for ``session.history``
     gw:{tag}:ended     sorted set of the user's ended session ids, by ended_at
+    gw:{tag}:alerts    sorted set of the user's security events (JSON), by time,
+                       for ``session.history``, at most 100
+    gw:{tag}:x:<sid>   set of the session's findings already recorded (marks)
     gw:o:<sid>         the session's user: find by id in O(1)
     gw:all             sorted set of every session (``tag:sid``), by last
                        activity: the paged global listing
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -181,6 +185,19 @@ return finish(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
               tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]) or false
 """
 
+# KEYS: marks (set), alerts (sorted set). ARGV: mark, now_ms, keep_ms,
+# history_ms, record (JSON). Returns 1 if recorded, 0 if the mark was there.
+_ALERT = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+local now_ms, history_ms = tonumber(ARGV[2]), tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], now_ms, ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - history_ms)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -101)
+redis.call('PEXPIRE', KEYS[2], history_ms)
+return 1
+"""
+
 # Why a session was revoked, as the first versions kept it (``:t:<sid>``).
 _LEGACY_REASONS = {"logout": LOGOUT, "revoked": REVOKED_BY_ADMIN, "disabled": USER_DISABLED,
                    "session_limit": SESSION_LIMIT}
@@ -221,6 +238,7 @@ class RedisSessionStore(SessionStore):
         self._create = self.redis.register_script(_CREATE)
         self._touch = self.redis.register_script(_TOUCH)
         self._end = self.redis.register_script(_END)
+        self._alert = self.redis.register_script(_ALERT)
 
     # -- keys --------------------------------------------------------------
     def session_key(self, username: str, sid: str) -> str:
@@ -234,6 +252,12 @@ class RedisSessionStore(SessionStore):
 
     def ended_index_key(self, username: str) -> str:
         return f"{self.prefix}:{{{user_tag(username)}}}:ended"
+
+    def alerts_key(self, username: str) -> str:
+        return f"{self.prefix}:{{{user_tag(username)}}}:alerts"
+
+    def marks_key(self, username: str, sid: str) -> str:
+        return f"{self.prefix}:{{{user_tag(username)}}}:x:{sid}"
 
     def owner_key(self, sid: str) -> str:
         return f"{self.prefix}:o:{sid}"
@@ -507,6 +531,29 @@ class RedisSessionStore(SessionStore):
                 await client.aclose()
             except (RedisError, OSError, TimeoutError):
                 pass
+
+    async def add_security_event(self, username: str, sid: str, mark: str,
+                                 record: dict[str, Any], keep: float, history: float) -> bool:
+        payload = json.dumps(record, separators=(",", ":"), sort_keys=True)
+        added = await self._call(lambda: self._alert(
+            keys=[self.marks_key(username, sid), self.alerts_key(username)],
+            args=[mark, int(float(record["at"]) * 1000), max(1, int(keep * 1000)),
+                  int(history * 1000), payload]))
+        return bool(added)
+
+    async def security_events(self, username: str, since: float) -> list[dict[str, Any]]:
+        raw = await self._call(lambda: self.redis.zrange(
+            self.alerts_key(username), "+inf", f"({int(since * 1000)}", desc=True,
+            byscore=True, offset=0, num=100))
+        events = []
+        for item in raw:
+            try:
+                event = json.loads(item)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)

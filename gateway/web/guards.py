@@ -19,9 +19,9 @@ from aiohttp import web
 from aiohttp_session import get_session
 
 from ..auth.cookies import clear_session_cookie
-from ..auth.sessions import SESSION_NOT_FOUND, AuthError, Identity
+from ..auth.sessions import NOTICES, SESSION_NOT_FOUND, AuthError, Identity
 from ..config import origin_of
-from ..errors import json_error
+from ..errors import MESSAGES, json_error, json_response
 from ..proxy.headers import client_ip, cookie_value
 from ..state import GATEWAY, Gateway
 
@@ -122,12 +122,19 @@ async def json_object(request: web.Request) -> dict[str, Any] | web.Response:
 async def api_identity(request: web.Request, gw: Gateway, *, touch: bool = False,
                        force_touch: bool = False) -> Identity | web.Response:
     """The caller's identity for a JSON endpoint, or its 401: the code says
-    why, and a cookie that named a dead session is cleared. StoreUnavailable
-    propagates."""
+    why (and for an ended session, ``reason`` and ``reason_text``, which the
+    session monitor shows), and a cookie that named a dead session is
+    cleared. StoreUnavailable propagates."""
     try:
         return await current_identity(request, gw, touch=touch, force_touch=force_touch)
     except AuthError as exc:
-        response = json_error(401, exc.code, headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"}
+        if exc.notice:
+            response = json_response(401, {"error": exc.code, "message": MESSAGES[exc.code],
+                                           "reason": exc.notice,
+                                           "reason_text": NOTICES[exc.notice]}, headers)
+        else:
+            response = json_error(401, exc.code, headers=headers)
         if exc.code != SESSION_NOT_FOUND:
             clear_session_cookie(response, gw.config)
         return response

@@ -4,7 +4,8 @@ ending any session they do not recognise.
     GET  /sessions                      the page (no JavaScript needed)
     POST /sessions                      its forms: end one, end all others,
                                         sign out everywhere, confirm password
-    GET  /api/sessions                  {"sessions": [...], "ended": [...]}
+    GET  /api/sessions                  {"sessions": [...], "ended": [...],
+                                         "alerts": [...]}
     DELETE /api/sessions/{id}           {"revoked": 1}, or 404 SESSION_NOT_FOUND
     POST /api/sessions/revoke-others    {"revoked": n}
     POST /api/sessions/revoke-all       {"revoked": n}: sign out everywhere
@@ -24,13 +25,15 @@ from typing import Any
 
 from aiohttp import web
 
+from ..auth import security
 from ..auth.cookies import clear_session_cookie, set_notice
 from ..auth.devices import Device, describe
 from ..auth.sessions import AuthError, Identity, iso, session_times
 from ..errors import json_error, json_response, store_unavailable
 from ..state import Gateway
-from ..store import (ABSOLUTE, IDLE, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT,
-                     USER_DISABLED, EndedSession, Session, StoreUnavailable)
+from ..store import (ABSOLUTE, IDLE, IP_CHANGED, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
+                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, EndedSession, Session,
+                     StoreUnavailable)
 from .guards import (api_identity, csrf_ok, csrf_token, current_identity, gateway_of,
                      json_object, render, same_origin, see_other)
 
@@ -56,6 +59,8 @@ def reason_text(record: EndedSession) -> str:
         REVOKED_BY_ADMIN.reason: "Ended by an administrator.",
         SESSION_LIMIT.reason: "Ended by a newer sign-in (too many devices).",
         USER_DISABLED.reason: "The account was disabled.",
+        IP_CHANGED.reason: "Ended because it was used from another network address.",
+        UA_CHANGED.reason: "Ended because it was used from another browser.",
         IDLE.reason: f"Expired after {humanize(s.idle_timeout)} of inactivity.",
         ABSOLUTE.reason: f"Reached its longest allowed time, "
                          f"{humanize(s.expires_at - s.created_at)}.",
@@ -75,13 +80,16 @@ def _details(gw: Gateway, s: Session, devices: dict[str, Device]) -> dict[str, A
 
 
 async def listing(gw: Gateway, identity: Identity) -> tuple[list[dict[str, Any]],
+                                                             list[dict[str, Any]],
                                                              list[dict[str, Any]]]:
-    """The live sessions (this one first, then by last activity) and the ended ones."""
+    """The live sessions (this one first, then by last activity), the ended
+    ones, and the security alerts (``notify`` events) of the history window."""
     now = gw.sessions.clock()
     username, current = identity.session.username, identity.session.id
     live = [s for s in await gw.store.user_sessions(username) if s.alive(now)]
     live.sort(key=lambda s: (s.id != current, -s.last_seen_at))
     ended = await gw.store.history(username, now - gw.config.session.history)
+    alerts = await security.alerts(gw.store, identity.session, now - gw.config.session.history)
     # User-Agents are the users' own strings; parsing an unseen one costs
     # milliseconds, so all of them are parsed in one trip off the event loop.
     agents = {s.user_agent for s in live} | {e.session.user_agent for e in ended}
@@ -90,7 +98,8 @@ async def listing(gw: Gateway, identity: Identity) -> tuple[list[dict[str, Any]]
              for s in live],
             [{**_details(gw, e.session, devices), "current": False, "status": e.status,
               "ended_at": iso(e.ended_at), "reason": e.reason, "reason_text": reason_text(e)}
-             for e in ended])
+             for e in ended],
+            alerts)
 
 
 async def _end_others(gw: Gateway, identity: Identity) -> int:
@@ -154,10 +163,10 @@ async def api_sessions(request: web.Request) -> web.Response:
         identity = await api_identity(request, gw)
         if isinstance(identity, web.Response):
             return identity
-        live, ended = await listing(gw, identity)
+        live, ended, alerts = await listing(gw, identity)
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
-    return _no_store({"sessions": live, "ended": ended})
+    return _no_store({"sessions": live, "ended": ended, "alerts": alerts})
 
 
 async def api_revoke_one(request: web.Request) -> web.Response:
@@ -218,13 +227,14 @@ async def sessions_page(request: web.Request, *, status: int = 200, error: str |
     gw = gateway_of(request)
     try:
         identity = await current_identity(request, gw, touch=True)
-        live, ended = await listing(gw, identity)
+        live, ended, alerts = await listing(gw, identity)
     except AuthError:
         return see_other(f"{gw.config.prefix}/login?rd={gw.config.prefix}/sessions")
     except StoreUnavailable:
         return store_unavailable(request)
     return render("sessions.html", status=status, prefix=gw.config.prefix,
-                  user=identity.user, live=live, ended=ended, error=error, notice=notice,
+                  user=identity.user, live=live, ended=ended, alerts=alerts, error=error,
+                  notice=notice,
                   reauth_due=gw.sessions.reauth_due(identity.session),
                   reauth_after=humanize(gw.config.session.reauth_after),
                   csrf_token=await csrf_token(request))

@@ -1,9 +1,17 @@
-"""``GET /api/session`` and ``POST /api/session/refresh``: the caller's own session."""
+"""``GET /api/session`` and ``POST /api/session/refresh``: the caller's own session.
+
+``GET /api/session?alerts=<unix seconds>`` adds the user's security alerts
+(``notify`` events) after that time: the session monitor asks for them,
+other callers pay no store read for them.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+import math
+
+from ..auth import security
 from ..errors import json_error, json_response
 from ..store import StoreUnavailable
 from .guards import api_identity, gateway_of, same_origin
@@ -11,13 +19,26 @@ from .guards import api_identity, gateway_of, same_origin
 
 async def _session_json(request: web.Request, **touch: bool) -> web.Response:
     gw = gateway_of(request)
+    since: float | None = None
+    if "alerts" in request.query:
+        try:
+            since = float(request.query["alerts"])
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since):
+            return json_error(400, "BAD_REQUEST", "alerts must be a time in Unix seconds.")
     try:
         identity = await api_identity(request, gw, **touch)
+        if isinstance(identity, web.Response):
+            return identity
+        body = gw.sessions.describe(identity)
+        if since is not None:
+            oldest = gw.sessions.clock() - gw.config.session.history
+            body["alerts"] = await security.alerts(gw.store, identity.session,
+                                                   max(since, oldest))
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
-    if isinstance(identity, web.Response):
-        return identity
-    return json_response(200, gw.sessions.describe(identity), headers={"Cache-Control": "no-store"})
+    return json_response(200, body, headers={"Cache-Control": "no-store"})
 
 
 async def api_session(request: web.Request) -> web.Response:
