@@ -26,6 +26,7 @@ from .config import Config, IdentityHeaders, origin_of
 from .proxy.headers import fold
 from .proxy.pipeline import handle
 from .proxy.forward import ResponseGuard, new_client_session
+from .proxy.monitor import script_tag
 from .auth.cookies import NOTICE_COOKIE
 from .auth.devices import warm_up
 from .auth.geo import Locator
@@ -71,7 +72,8 @@ def create_app(config: Config, store: SessionStore | None = None,
             own_cookies=own_cookies,
             response_guard=ResponseGuard(own_cookies),
             public_origin=origin_of(config.public_url),
-            locator=locator)
+            locator=locator,
+            monitor_tag=script_tag(config.prefix))
         app[GATEWAY] = gw
         users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),
                                                       "end sessions of lost users")

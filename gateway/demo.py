@@ -91,6 +91,7 @@ def write_demo_config(folder: Path, port: int, legacy_port: int) -> Path:
         "users": {"file": "users.yaml"},
         "upstreams": [{
             "name": "legacy", "url": f"http://127.0.0.1:{legacy_port}", "path_prefix": "/",
+            "session_monitor": True,
             "public": ["/static/", "/favicon.ico"],
             "rules": [{"path": "/admin", "roles": ["admin"]}],
         }],

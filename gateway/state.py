@@ -69,6 +69,8 @@ class Gateway:
     public_origin: str | None
     # Locations of IP addresses, when geoip.database is set.
     locator: Locator | None
+    # The session monitor's script tag, added to pages of upstreams that ask.
+    monitor_tag: bytes
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

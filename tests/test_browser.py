@@ -9,8 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from authkit import send
+from conftest import Clock
+from gateway.state import GATEWAY
+from gateway.store import REVOKED_BY_ADMIN
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -35,6 +39,9 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
 
 
 def sign_in(driver: Any, base: str, rd: str) -> None:
@@ -83,3 +90,168 @@ async def test_a_person_signs_out_another_device_on_the_sessions_page(
     agent = await asyncio.to_thread(browser.execute_script, "return navigator.userAgent")
     assert (await send(client, "GET", "/x", token=token,
                        headers=[("User-Agent", agent)])).status == 200
+
+
+# -- the session monitor, in a small single-page app ---------------------------------------
+
+# Keeps unsaved work in memory (the textarea) and polls its API in the
+# background, as JupyterLab does; shows how its last poll went.
+SPA = b"""<!doctype html><html><head><title>Notes</title></head><body>
+<h1>Notes</h1><textarea id="draft" aria-label="Draft"></textarea>
+<p>Last poll: <span id="status">none</span></p>
+<script>
+setInterval(function () {
+  fetch('/api/data', {headers: {Accept: 'application/json'}})
+    .then(function (r) { document.getElementById('status').textContent = r.status; })
+    .catch(function () { document.getElementById('status').textContent = 'failed'; });
+}, 250);
+</script></body></html>"""
+
+
+@pytest.fixture
+async def notes(aiohttp_server: Any, make_config: Any, gateway: Any) -> Any:
+    """``await notes(activity)``: the app behind a gateway with the monitor on;
+    returns (client, clock, base URL, how many polls the app has made)."""
+    polls = [0]
+
+    async def app_page(request: web.Request) -> web.Response:
+        return web.Response(body=SPA, content_type="text/html")
+
+    async def data(request: web.Request) -> web.Response:
+        polls[0] += 1
+        return web.json_response({"n": polls[0]})
+
+    app = web.Application()
+    app.router.add_get("/app", app_page)
+    app.router.add_get("/api/data", data)
+    upstream = await aiohttp_server(app)
+
+    async def start(activity: str = "navigation") -> tuple[Any, Clock, str, list[int]]:
+        clock = Clock()
+        url = str(upstream.make_url("/"))
+        config = make_config(url, session={"activity": activity, "monitor_interval": "1s",
+                                           "idle_timeout": "30m"},
+                             upstreams=[{"name": "notes", "url": url, "path_prefix": "/",
+                                         "session_monitor": True}])
+        client = await gateway(config, clock=clock)
+        return client, clock, f"http://{client.server.host}:{client.server.port}", polls
+    return start
+
+
+def monitor(driver: Any, css: str) -> Any:
+    """An element the monitor drew (inside its shadow root), once it is there."""
+    def found(d: Any) -> Any:
+        hosts = d.find_elements(By.CSS_SELECTOR, "[data-gateway-monitor]")
+        if not hosts:
+            return False
+        shown = hosts[0].shadow_root.find_elements(By.CSS_SELECTOR, css)
+        return shown[0] if shown else False
+    return wait_for(driver, found)
+
+
+def monitor_gone(driver: Any, css: str) -> None:
+    def gone(d: Any) -> bool:
+        hosts = d.find_elements(By.CSS_SELECTOR, "[data-gateway-monitor]")
+        return not hosts or not hosts[0].shadow_root.find_elements(By.CSS_SELECTOR, css)
+    wait_for(driver, gone)
+
+
+def open_notes(driver: Any, base: str, draft: str = "unsaved thoughts") -> None:
+    sign_in(driver, base, "/app")
+    wait_for(driver, arrived.title_is("Notes"))
+    if draft:
+        driver.find_element(By.ID, "draft").send_keys(draft)
+    wait_for(driver, arrived.text_to_be_present_in_element((By.ID, "status"), "200"))
+
+
+async def wait_polls(polls: list[int], more: int) -> None:
+    target = polls[0] + more
+    for _ in range(200):
+        if polls[0] >= target:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the app stopped polling")
+
+
+async def test_the_monitor_warns_and_stay_signed_in_extends_the_session(notes, browser):
+    client, clock, base, polls = await notes()
+    gw = client.app[GATEWAY]
+    await asyncio.to_thread(open_notes, browser, base)
+    clock.advance(28.5 * 60)              # 90 s left: the app's polling does not count
+    bar = await asyncio.to_thread(monitor, browser, ".bar")
+    assert "You will be signed out in 1:" in bar.text and "because of inactivity" in bar.text
+    await asyncio.to_thread(bar.find_element(By.CSS_SELECTOR, "button").click)
+    await asyncio.to_thread(monitor_gone, browser, ".bar")
+    (session,) = await gw.store.user_sessions("alice")
+    assert session.last_seen_at == clock.now      # "Stay signed in" extended it
+    assert await asyncio.to_thread(
+        lambda: browser.find_element(By.ID, "draft").get_attribute("value")) == "unsaved thoughts"
+
+
+async def test_after_a_revoke_the_page_signs_in_again_in_a_popup_and_keeps_its_work(
+        notes, browser):
+    client, clock, base, polls = await notes()
+    gw = client.app[GATEWAY]
+    await asyncio.to_thread(open_notes, browser, base)
+    await gw.sessions.end_all("alice", REVOKED_BY_ADMIN, actor="admin:test")
+    dialog = await asyncio.to_thread(monitor, browser, ".dialog")
+    assert "You have been signed out" in dialog.text
+    assert "An administrator signed you out." in dialog.text
+    main = await asyncio.to_thread(lambda: browser.current_window_handle)
+
+    def sign_in_in_the_popup() -> None:
+        dialog.find_element(By.CSS_SELECTOR, "button").click()
+        wait_for(browser, lambda d: len(d.window_handles) == 2)
+        browser.switch_to.window(next(h for h in browser.window_handles if h != main))
+        wait_for(browser, arrived.presence_of_element_located((By.ID, "username")))
+        browser.find_element(By.ID, "username").send_keys("alice")
+        browser.find_element(By.ID, "password").send_keys("alice-pw")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(browser, lambda d: len(d.window_handles) == 1)   # it closed itself
+        browser.switch_to.window(main)
+    await asyncio.to_thread(sign_in_in_the_popup)
+    await asyncio.to_thread(monitor_gone, browser, ".dialog")
+    await asyncio.to_thread(wait_for, browser, arrived.text_to_be_present_in_element(
+        (By.ID, "status"), "200"))                                 # the app works again
+    assert await asyncio.to_thread(
+        lambda: browser.find_element(By.ID, "draft").get_attribute("value")) == "unsaved thoughts"
+    assert await asyncio.to_thread(lambda: browser.title) == "Notes"   # never reloaded
+
+
+async def test_a_tab_that_only_polls_goes_idle_and_says_so(notes, browser):
+    client, clock, base, polls = await notes()
+    await asyncio.to_thread(open_notes, browser, base)
+    clock.advance(20 * 60)
+    await wait_polls(polls, 4)            # polls at +20 min, all answered...
+    clock.advance(11 * 60)                # ...but none counted as the person being there
+    dialog = await asyncio.to_thread(monitor, browser, ".dialog")
+    assert "Your session expired due to inactivity." in dialog.text
+
+
+async def test_typing_keeps_the_session_alive_under_interaction(notes, browser):
+    client, clock, base, polls = await notes("interaction")
+    gw = client.app[GATEWAY]
+    # No typing yet: the monitor sends at most one ping per 30 s of real time.
+    await asyncio.to_thread(open_notes, browser, base, "")
+    clock.advance(20 * 60)
+    await asyncio.to_thread(lambda: browser.find_element(By.ID, "draft").send_keys(" more"))
+    for _ in range(100):
+        (session,) = await gw.store.user_sessions("alice")
+        if session.last_seen_at == clock.now:
+            break
+        await asyncio.sleep(0.05)
+    assert session.last_seen_at == clock.now     # the monitor's ping counted
+    clock.advance(11 * 60)
+    await wait_polls(polls, 2)
+    assert await asyncio.to_thread(lambda: browser.find_element(By.ID, "status").text) == "200"
+
+
+async def test_the_monitor_shows_a_new_device_alert(notes, browser):
+    client, clock, base, polls = await notes()
+    await asyncio.to_thread(open_notes, browser, base)
+    await send(client, "POST", "/_gateway/api/login", headers=[("User-Agent", FIREFOX)],
+               json={"username": "alice", "password": "alice-pw"})
+    toast = await asyncio.to_thread(monitor, browser, ".toast")
+    assert "New sign-in on a device not seen before: Firefox 130 on Linux" in toast.text
+    link = toast.find_element(By.CSS_SELECTOR, "a")
+    assert link.get_attribute("href") == f"{base}/_gateway/sessions"

@@ -29,8 +29,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, SESSION_LIMIT, UA_CHANGED,
-                     USER_DISABLED, Ending, Session, SessionStore, StoreUnavailable)
+from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, REVOKED_BY_ADMIN, REVOKED_BY_USER,
+                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, Ending, Session, SessionStore,
+                     StoreUnavailable)
 from .cache import SessionCache
 from .events import ENDED, STARTED, Events, SessionEvent
 if TYPE_CHECKING:
@@ -53,13 +54,16 @@ NOTICES = {
     "idle": "Your session expired due to inactivity. Please sign in again.",
     "expired": "Your session has expired. Please sign in again.",
     "signed_out": "You were signed out.",
+    "signed_out_elsewhere": "You were signed out from another device.",
+    "admin": "An administrator signed you out.",
     "session_limit": "You were signed out because you signed in on too many devices.",
     "security": "You were signed out because your session was used from another "
                 "browser or network. Please sign in again.",
 }
 _NOTICE_OF = {IDLE.reason: "idle", ABSOLUTE.reason: "expired",
               SESSION_LIMIT.reason: "session_limit", IP_CHANGED.reason: "security",
-              UA_CHANGED.reason: "security"}
+              UA_CHANGED.reason: "security", REVOKED_BY_USER.reason: "signed_out_elsewhere",
+              REVOKED_BY_ADMIN.reason: "admin"}
 
 # How long a password re-entered for a sensitive action counts, at least.
 REENTRY_MIN = 60.0

@@ -59,6 +59,7 @@ class Upstream:
     allow_path_parameters: bool = key(False, v.boolean)
     allow_public_cache: bool = key(False, v.boolean)
     websocket_origins: frozenset[str] = key([], v.origins)
+    session_monitor: bool = key(False, v.boolean)
 
     @functools.cached_property
     def base(self) -> str:
@@ -96,6 +97,7 @@ class SessionConfig:
     history: float = key("30d", v.duration(minimum=60))
     reauth_after: float = key("10m", v.duration(minimum=0))
     activity: str = key("requests", v.one_of("requests", "navigation", "interaction"))
+    monitor_interval: float = key("30s", v.duration(minimum=1))
 
 
 _AT_SIGN_IN = v.one_of("off", "log", "notify")

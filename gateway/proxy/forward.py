@@ -5,7 +5,8 @@ they leave in one write with their headers. Anything larger streams: the
 request body is handed to the client as an async iterator and the response
 is written chunk by chunk, each write waiting for the socket to drain, so
 memory stays bounded whatever the size. The upstream's bytes pass untouched
-(no decompression, no re-encoding).
+(no decompression, no re-encoding), except that the session monitor's tag
+may be added to a page (monitor.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from yarl import URL
 from ..config import Upstream
 from ..errors import error_response
 from .headers import cookie_key, downstream_response_headers
+from .monitor import Injector, adjust_headers, inject, injectable
 
 log = logging.getLogger("gateway.proxy")
 
@@ -103,31 +105,40 @@ async def _request_body(request: web.BaseRequest, max_body: int,
 
 
 class ResponseGuard:
-    """Keeps an upstream's response from setting the gateway's own cookies.
+    """Keeps an upstream's response from setting the gateway's own cookies,
+    and notes pages the session monitor could not be added to.
 
-    Each upstream caught at it is logged once per worker: the cookie is
-    dropped every time, but the log should not fill with one app's habit.
+    Each upstream is logged once per worker for each: the cookie is dropped
+    every time, but the log should not fill with one app's habit.
     """
 
     def __init__(self, own_cookies: frozenset[str]) -> None:
         self.keys = frozenset(cookie_key(name) for name in own_cookies)
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
 
     def tossed(self, upstream: Upstream) -> None:
         """An upstream's response tried to set one of ``keys``; it was dropped."""
-        if upstream.name not in self._warned:
-            self._warned.add(upstream.name)
-            log.warning("upstream %s tried to set one of the gateway's own cookies; "
-                        "dropped (logged once per upstream)", upstream.name)
+        self._once(upstream, "tried to set one of the gateway's own cookies; dropped")
+
+    def compressed(self, upstream: Upstream) -> None:
+        """A page came compressed although asked for plain: no monitor on it."""
+        self._once(upstream, "sent a compressed page although asked for an uncompressed "
+                             "one; the session monitor was not added")
+
+    def _once(self, upstream: Upstream, what: str) -> None:
+        if (upstream.name, what) not in self._warned:
+            self._warned.add((upstream.name, what))
+            log.warning("upstream %s %s (logged once per upstream)", upstream.name, what)
 
 
 async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
                   headers: CIMultiDict[str], client: aiohttp.ClientSession,
-                  max_body: int, guard: ResponseGuard, private: bool) -> web.StreamResponse:
+                  max_body: int, guard: ResponseGuard, private: bool,
+                  monitor: bytes | None = None) -> web.StreamResponse:
     """Proxy an HTTP request; 502 if the upstream refuses, 504 if it is too slow.
 
     With ``private`` (a signed-in request) shared caches are told not to keep
-    the response.
+    the response. ``monitor``: the session monitor's tag, to add to a page.
     """
     try:
         body = await _request_body(request, max_body, upstream.timeout)
@@ -145,18 +156,30 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
                 upstream_response.headers, guard.keys, private)
             if tossed:
                 guard.tossed(upstream)
+            injector = None
+            if monitor is not None:
+                if injectable(upstream_response.status, upstream_response.headers):
+                    adjust_headers(out_headers, monitor)
+                    injector = Injector(monitor) if request.method != "HEAD" else None
+                elif upstream_response.content_type == "text/html" and \
+                        "Content-Encoding" in upstream_response.headers:
+                    guard.compressed(upstream)
             length = upstream_response.content_length
             if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
                 small = await upstream_response.read()
                 return web.Response(status=upstream_response.status,
-                                    reason=upstream_response.reason,
-                                    headers=out_headers, body=small)
+                                    reason=upstream_response.reason, headers=out_headers,
+                                    body=inject(small, monitor) if injector else small)
             response = web.StreamResponse(
                 status=upstream_response.status, reason=upstream_response.reason,
                 headers=out_headers)
             await response.prepare(request)
             async for chunk in upstream_response.content.iter_any():
+                if injector is not None and not (chunk := injector.feed(chunk)):
+                    continue
                 await response.write(chunk)
+            if injector is not None:
+                await response.write(injector.finish())
             await response.write_eof()
             return response
     except BodyTooLarge:

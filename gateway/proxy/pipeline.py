@@ -1,7 +1,8 @@
 """The proxied request, top to bottom: every step answers or passes on.
 
     limits -> decide (canonical path -> upstream -> path parameters -> session
-           -> roles) -> headers -> WebSocket origin -> forward
+           -> roles) -> headers -> WebSocket origin -> forward (with the
+           session monitor's tag on upstreams that want it)
 
 ``handle`` runs these in this order and is the whole of it: no middleware
 chain (measured: a chain costs every proxied request). ``decide`` is the
@@ -27,6 +28,7 @@ from .access import upstream_path
 from .decide import Refusal, counts_as_activity, decide
 from .forward import forward
 from .headers import client_ip, safe_header_value, upstream_request_headers
+from .monitor import wants_page
 from .websocket import forward_websocket, is_websocket
 
 
@@ -62,6 +64,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         drop_cookies=gw.own_cookies,
         identity=identity_headers(gw, upstream.name, identity),
         upstream_host=None if upstream.preserve_host else upstream.authority)
+    # The session monitor goes into pages, which must come uncompressed for it.
+    monitor = None
+    if identity is not None and upstream.session_monitor and wants_page(headers_in.get("Accept")):
+        headers["Accept-Encoding"] = "identity"
+        monitor = gw.monitor_tag
     _, mark, query = request.raw_path.partition("?")
     url = URL(upstream.base + upstream_path(upstream, verdict.encoded_path)
               + (mark + query if query else ""), encoded=True)
@@ -84,7 +91,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
                                        still_valid if identity else None)
     return await forward(request, upstream, url, headers, gw.client,
                          config.limits.max_body_size, gw.response_guard,
-                         private=identity is not None and not upstream.allow_public_cache)
+                         private=identity is not None and not upstream.allow_public_cache,
+                         monitor=monitor)
 
 
 def origin_allowed(origin: str | None, gw: Gateway, upstream: Upstream,

@@ -18,7 +18,7 @@ import jinja2
 from aiohttp import web
 from aiohttp_session import get_session
 
-from ..auth.cookies import clear_session_cookie
+from ..auth.cookies import NOTICE_COOKIE, clear_session_cookie
 from ..auth.sessions import NOTICES, SESSION_NOT_FOUND, AuthError, Identity
 from ..config import origin_of
 from ..errors import MESSAGES, json_error, json_response
@@ -129,10 +129,13 @@ async def api_identity(request: web.Request, gw: Gateway, *, touch: bool = False
         return await current_identity(request, gw, touch=touch, force_touch=force_touch)
     except AuthError as exc:
         headers = {"Cache-Control": "no-store"}
-        if exc.notice:
+        # No cookie left: a proxied request that met the end cleared it, and
+        # left the notice the login page will show; the reason is in that.
+        notice = exc.notice or request.cookies.get(NOTICE_COOKIE)
+        if notice in NOTICES:
             response = json_response(401, {"error": exc.code, "message": MESSAGES[exc.code],
-                                           "reason": exc.notice,
-                                           "reason_text": NOTICES[exc.notice]}, headers)
+                                           "reason": notice,
+                                           "reason_text": NOTICES[notice]}, headers)
         else:
             response = json_error(401, exc.code, headers=headers)
         if exc.code != SESSION_NOT_FOUND:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config import Config
 from ..errors import HTTP1, error_response, refuse_version
-from . import login, machine, my_sessions, session_api
+from . import login, machine, monitor, my_sessions, session_api
 from .guards import Handler
 
 FORM_COOKIE = "gateway_form"
@@ -54,6 +54,8 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
         "/api/sessions/revoke-others": {"POST": my_sessions.api_revoke_others},
         "/api/sessions/revoke-all": {"POST": my_sessions.api_revoke_all},
         "/api/sessions/{sid}": {"DELETE": my_sessions.api_revoke_one},
+        "/monitor.js": {"GET": monitor.script},
+        "/monitor/signed-in": {"GET": monitor.signed_in},
         "/jwks.json": {"GET": machine.jwks},
         "/healthz": {"GET": machine.healthz},
         "/readyz": {"GET": machine.readyz},

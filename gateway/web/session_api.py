@@ -1,8 +1,8 @@
 """``GET /api/session`` and ``POST /api/session/refresh``: the caller's own session.
 
-``GET /api/session?alerts=<unix seconds>`` adds the user's security alerts
-(``notify`` events) after that time: the session monitor asks for them,
-other callers pay no store read for them.
+``GET /api/session?alerts=<unix seconds>`` is what the session monitor
+asks: it adds the user's security alerts (``notify`` events) after that
+time, and the monitor's settings. Other callers pay no store read for them.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from aiohttp import web
 import math
 
 from ..auth import security
+from ..auth.sessions import Identity
 from ..errors import json_error, json_response
 from ..store import StoreUnavailable
+from ..state import Gateway
 from .guards import api_identity, gateway_of, same_origin
 
 
@@ -36,9 +38,21 @@ async def _session_json(request: web.Request, **touch: bool) -> web.Response:
             oldest = gw.sessions.clock() - gw.config.session.history
             body["alerts"] = await security.alerts(gw.store, identity.session,
                                                    max(since, oldest))
+            body["monitor"] = monitor_settings(gw, identity)
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
     return json_response(200, body, headers={"Cache-Control": "no-store"})
+
+
+def monitor_settings(gw: Gateway, identity: Identity) -> dict[str, object]:
+    """How often to look, when to warn, and how often a person's typing and
+    clicking may extend the session (``activity: interaction``): at most
+    every ``touch_interval``, and every 30 s at most often."""
+    s = gw.config.session
+    return {"interval": s.monitor_interval, "expiring_soon": s.expiring_soon,
+            "activity": s.activity,
+            "ping_interval": max(gw.sessions.touch_interval,
+                                 min(30.0, identity.session.idle_timeout / 4))}
 
 
 async def api_session(request: web.Request) -> web.Response:
