@@ -169,6 +169,20 @@ async def test_sign_out_everywhere(two_devices):
         assert (await send(client, "GET", "/x", token=token)).status == 401
 
 
+async def test_signing_out_only_this_device_needs_no_password(two_devices):
+    """As on the page: the password is asked when another device would go."""
+    client, clock, laptop, phone = two_devices
+    clock.advance(9 * 60)
+    await use(client, phone)
+    clock.advance(2 * 60)                     # the laptop idled out; the sign-in is 11 min old
+    r = await send(client, "POST", "/_gateway/api/sessions/revoke-others", token=phone,
+                   headers=SAME_SITE)
+    assert (r.status, r.json()) == (200, {"revoked": 0})
+    r = await send(client, "POST", "/_gateway/api/sessions/revoke-all", token=phone,
+                   headers=SAME_SITE)
+    assert (r.status, r.json()) == (200, {"revoked": 1})
+
+
 @pytest.mark.parametrize("method, path", [
     ("DELETE", "/_gateway/api/sessions/{sid}"),
     ("POST", "/_gateway/api/sessions/revoke-others"),

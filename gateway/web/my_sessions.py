@@ -102,6 +102,11 @@ async def listing(gw: Gateway, identity: Identity) -> tuple[list[dict[str, Any]]
             alerts)
 
 
+async def _others_live(gw: Gateway, me: Session) -> bool:
+    now = gw.sessions.clock()
+    return any(s.id != me.id and s.alive(now) for s in await gw.store.user_sessions(me.username))
+
+
 async def _end_others(gw: Gateway, identity: Identity) -> int:
     s = identity.session
     return await gw.sessions.end_all(s.username, REVOKED_BY_USER, actor=s.username, keep=s.id)
@@ -209,7 +214,11 @@ async def _end_many(request: web.Request, everywhere: bool) -> web.Response:
         if isinstance(checked, web.Response):
             return checked
         gw, identity, password = checked
-        if (refusal := await _reauth_refusal(gw, identity, password)) is not None:
+        # As on the page: the password is asked only when another device
+        # would be signed out (signing out this one alone needs none).
+        if gw.sessions.reauth_due(identity.session) and await _others_live(
+                gw, identity.session) and \
+                (refusal := await _reauth_refusal(gw, identity, password)) is not None:
             return refusal
         end = _end_everywhere if everywhere else _end_others
         response = _no_store({"revoked": await end(gw, identity)})
@@ -263,10 +272,8 @@ async def sessions_submit(request: web.Request) -> web.StreamResponse:
             return see_other(f"{gw.config.prefix}/sessions")
         sid = str(form.get("sid", ""))
         if action == "revoke" and sid == me.id or action == "everywhere":
-            now = gw.sessions.clock()
-            if action == "everywhere" and gw.sessions.reauth_due(me) and any(
-                    s.id != me.id and s.alive(now)
-                    for s in await gw.store.user_sessions(me.username)):
+            if action == "everywhere" and gw.sessions.reauth_due(me) and \
+                    await _others_live(gw, me):
                 return await sessions_page(request, status=401, error=_CONFIRM_FIRST)
             if action == "everywhere":
                 await _end_everywhere(gw, identity)
