@@ -164,6 +164,19 @@ def open_notes(driver: Any, base: str, draft: str = "unsaved thoughts") -> None:
     wait_for(driver, arrived.text_to_be_present_in_element((By.ID, "status"), "200"))
 
 
+def sign_in_in_the_popup(driver: Any, dialog: Any, main: str, username: str,
+                         password: str) -> None:
+    dialog.find_element(By.CSS_SELECTOR, "button").click()
+    wait_for(driver, lambda d: len(d.window_handles) == 2)
+    driver.switch_to.window(next(h for h in driver.window_handles if h != main))
+    wait_for(driver, arrived.presence_of_element_located((By.ID, "username")))
+    driver.find_element(By.ID, "username").send_keys(username)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(driver, lambda d: len(d.window_handles) == 1)   # it closed itself
+    driver.switch_to.window(main)
+
+
 async def wait_polls(polls: list[int], more: int) -> None:
     target = polls[0] + more
     for _ in range(200):
@@ -199,17 +212,7 @@ async def test_after_a_revoke_the_page_signs_in_again_in_a_popup_and_keeps_its_w
     assert "An administrator signed you out." in dialog.text
     main = await asyncio.to_thread(lambda: browser.current_window_handle)
 
-    def sign_in_in_the_popup() -> None:
-        dialog.find_element(By.CSS_SELECTOR, "button").click()
-        wait_for(browser, lambda d: len(d.window_handles) == 2)
-        browser.switch_to.window(next(h for h in browser.window_handles if h != main))
-        wait_for(browser, arrived.presence_of_element_located((By.ID, "username")))
-        browser.find_element(By.ID, "username").send_keys("alice")
-        browser.find_element(By.ID, "password").send_keys("alice-pw")
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait_for(browser, lambda d: len(d.window_handles) == 1)   # it closed itself
-        browser.switch_to.window(main)
-    await asyncio.to_thread(sign_in_in_the_popup)
+    await asyncio.to_thread(sign_in_in_the_popup, browser, dialog, main, "alice", "alice-pw")
     await asyncio.to_thread(monitor_gone, browser, ".dialog")
     await asyncio.to_thread(wait_for, browser, arrived.text_to_be_present_in_element(
         (By.ID, "status"), "200"))                                 # the app works again
@@ -249,9 +252,39 @@ async def test_typing_keeps_the_session_alive_under_interaction(notes, browser):
 async def test_the_monitor_shows_a_new_device_alert(notes, browser):
     client, clock, base, polls = await notes()
     await asyncio.to_thread(open_notes, browser, base)
+    clock.advance(0.001)                  # a later sign-in, elsewhere
     await send(client, "POST", "/_gateway/api/login", headers=[("User-Agent", FIREFOX)],
                json={"username": "alice", "password": "alice-pw"})
     toast = await asyncio.to_thread(monitor, browser, ".toast")
     assert "New sign-in on a device not seen before: Firefox 130 on Linux" in toast.text
     link = toast.find_element(By.CSS_SELECTOR, "a")
     assert link.get_attribute("href") == f"{base}/_gateway/sessions"
+
+
+async def test_signed_in_again_as_someone_else_the_page_starts_over(notes, browser):
+    client, clock, base, polls = await notes()
+    gw = client.app[GATEWAY]
+    await asyncio.to_thread(open_notes, browser, base)
+    await gw.sessions.end_all("alice", REVOKED_BY_ADMIN, actor="admin:test")
+    dialog = await asyncio.to_thread(monitor, browser, ".dialog")
+    main = await asyncio.to_thread(lambda: browser.current_window_handle)
+    await asyncio.to_thread(sign_in_in_the_popup, browser, dialog, main, "admin", "admin-pw")
+    # Alice's unsaved draft must not end up in Admin's hands: the page reloads.
+    await asyncio.to_thread(wait_for, browser, lambda d: d.find_element(
+        By.ID, "draft").get_attribute("value") == "")
+    await asyncio.to_thread(monitor_gone, browser, ".dialog")
+
+
+async def test_the_last_second_of_a_session_is_not_a_busy_loop(notes, browser):
+    """The gateway rounds what is left up, and the monitor looks again a
+    second later: a session about to end costs about one look a second."""
+    client, clock, base, polls = await notes()
+    await asyncio.to_thread(open_notes, browser, base)
+    clock.advance(30 * 60 - 0.5)          # half a second left, for as long as the test runs
+    await asyncio.to_thread(monitor, browser, ".bar")
+    count = "return performance.getEntriesByType('resource').filter(" \
+            "e => e.name.includes('/_gateway/api/session')).length"
+    before = await asyncio.to_thread(browser.execute_script, count)
+    await asyncio.sleep(3)
+    looks = await asyncio.to_thread(browser.execute_script, count) - before
+    assert 1 <= looks <= 10, looks

@@ -3,6 +3,7 @@ it goes, the headers that must follow, and every response left alone."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from typing import Any
 
@@ -13,6 +14,9 @@ from authkit import api_login, send
 from gateway.proxy.monitor import SEARCH_LIMIT, Injector, inject
 
 TAG = b'<script src="/_gateway/monitor.js" defer></script>'
+SCRIPTED = (b"<html><head><script>var t = '<body class=x>';</script>"
+            b"<!--[if IE]><body class=ie><![endif]--></head><body>x</body></html>")
+PROCEED = web.AppKey("proceed", asyncio.Event)
 PAGE = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"
 BIG = 200 * 2**10
 
@@ -30,6 +34,25 @@ def page_app() -> web.Application:
             return web.Response(body=b"<p>only this</p>", headers={**seen, "Content-Type": html})
         if name == "bodyonly":
             return web.Response(body=b"<html><BODY>x</BODY></html>", content_type="text/html")
+        if name == "scripted":        # "<body" in an inline script: not the place
+            return web.Response(body=SCRIPTED, content_type="text/html")
+        if name == "download":
+            return web.Response(body=PAGE, headers={
+                "Content-Type": html, "Content-Disposition": "attachment; filename=a.html"})
+        if name == "notransform":
+            return web.Response(body=PAGE, headers={
+                "Content-Type": html, "Cache-Control": "private, no-transform"})
+        if name == "range":
+            return web.Response(body=PAGE, headers={
+                "Content-Type": html, "X-Seen-Range": request.headers.get("Range", "")})
+        if name == "progress":        # a page that streams its progress
+            response = web.StreamResponse(headers={"Content-Type": html})
+            await response.prepare(request)
+            await response.write(b"<p>progress 1</p>")
+            await request.app[PROCEED].wait()
+            await response.write(b"<p>done</p>")
+            await response.write_eof()
+            return response
         if name in ("late", "early", "split"):
             response = web.StreamResponse(headers={"Content-Type": html})
             if name != "split":
@@ -61,6 +84,7 @@ def page_app() -> web.Application:
         raise web.HTTPNotFound()
 
     app = web.Application()
+    app[PROCEED] = asyncio.Event()
     app.router.add_route("*", "/{name}", page)
     app.router.add_route("*", "/public/{name}", page)
     app.router.add_route("*", "/plain/{name}", page)
@@ -101,7 +125,8 @@ async def test_a_head_request_is_told_the_length_of_the_page_with_the_tag(site):
 
 @pytest.mark.parametrize("path, expected", [
     ("/fragment", b"<p>only this</p>" + TAG),                  # nowhere to go: at the end
-    ("/bodyonly", b"<html>" + TAG + b"<BODY>x</BODY></html>"),
+    ("/bodyonly", b"<html><BODY>x</BODY></html>" + TAG),
+    ("/scripted", SCRIPTED.replace(b"</head>", TAG + b"</head>")),
 ])
 async def test_a_page_without_a_head(site, path, expected):
     assert (await get(site, path)).body == expected
@@ -119,7 +144,8 @@ async def test_pages_that_stream(site):
     assert split.body.count(TAG) == 1 and "Content-Length" not in split.headers
 
 
-@pytest.mark.parametrize("path", ["/gzip", "/json", "/partial", "/utf16", "/notfound"])
+@pytest.mark.parametrize("path", ["/gzip", "/json", "/partial", "/utf16", "/notfound",
+                                  "/download", "/notransform"])
 async def test_other_answers_pass_untouched(site, path):
     r = await get(site, path)          # (the test client decompresses gzip)
     assert b"monitor.js" not in r.body
@@ -133,6 +159,33 @@ async def test_only_signed_in_pages_of_monitored_upstreams_and_page_requests(sit
     assert plain.body == PAGE
     api = await get(site, "/page", accept="application/json")
     assert api.body == PAGE and api.headers["X-Seen-Accept-Encoding"] != "identity"
+    client, token = site
+    for dest, tagged in (("document", True), ("iframe", False), ("empty", False)):
+        r = await send(client, "GET", "/page", token=token, accept="text/html",
+                       headers=[("Sec-Fetch-Dest", dest), ("Sec-Fetch-Mode", "navigate")])
+        assert (TAG in r.body) is tagged, dest
+
+
+async def test_a_page_is_asked_for_whole(site):
+    client, token = site
+    r = await send(client, "GET", "/range", token=token, accept="text/html",
+                   headers=[("Range", "bytes=0-9"), ("If-Range", '"v1"')])
+    assert r.headers["X-Seen-Range"] == "" and TAG in r.body
+
+
+async def test_a_page_streams_while_the_tag_waits_for_its_place(aiohttp_server, make_config,
+                                                                gateway):
+    upstream = await aiohttp_server(page_app())
+    url = str(upstream.make_url("/"))
+    client = await gateway(make_config(url, upstreams=[
+        {"name": "app", "url": url, "path_prefix": "/", "session_monitor": True}]))
+    token = await api_login(client)
+    async with client.get("/progress", headers={"Accept": "text/html",
+                                                "Cookie": f"gateway_session={token}"}) as r:
+        first = await asyncio.wait_for(r.content.readany(), 5)
+        assert first == b"<p>progress 1</p>"      # not held back for a place to come
+        upstream.app[PROCEED].set()
+        assert await r.content.read() == b"<p>done</p>" + TAG
 
 
 async def test_the_script_and_the_sign_in_windows_last_page(site):

@@ -4,6 +4,7 @@ that every finding reaches the one event stream exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from conftest import Clock
 from gateway.auth.events import SessionEvent
 from gateway.config import ConfigError
 from gateway.state import GATEWAY
+from gateway.store.base import MAX_FINDINGS
 
 CHROME = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
           "Chrome/156.0.0.0 Safari/537.36")
@@ -21,6 +23,8 @@ CHROME_PATCHED = CHROME.replace("156.0.0.0", "156.0.7390.1")
 CHROME_NEXT = CHROME.replace("156.0.0.0", "157.0.0.0")
 CHROME_OLDER = CHROME.replace("156.0.0.0", "120.0.0.0")
 CHROME_WINDOWS = CHROME.replace("X11; Linux x86_64", "Windows NT 10.0; Win64; x64")
+ANDROID_CHROME = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like "
+                  "Gecko) Chrome/156.0.0.0 Mobile Safari/537.36")
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
 HOME, CAFE = "198.51.100.7", "203.0.113.9"
 
@@ -35,6 +39,11 @@ class Device:
         return [("User-Agent", self.agent), ("X-Forwarded-For", self.ip)]
 
     async def sign_in(self) -> "Device":
+        clock = self.client.app[GATEWAY].sessions.clock
+        if isinstance(clock, Clock):
+            # Sign-ins follow each other, as in life (a millisecond: the
+            # tokens' "iat" must not run ahead of the real time).
+            clock.advance(0.001)
         r = await send(self.client, "POST", "/_gateway/api/login", headers=self.headers(),
                        json={"username": "alice", "password": "alice-pw"})
         assert r.status == 200, r
@@ -224,13 +233,62 @@ async def test_the_monitor_asks_for_alerts_since_a_time(site):
     body = (await laptop.get("/_gateway/api/session?alerts=0")).json()
     assert sorted((a["type"], a["current"]) for a in body["alerts"]) == [
         ("security.new_device", False), ("security.new_location", False)]
+    laptop.ip = CAFE                                           # a change within a session
+    await laptop.get()
+    body = (await laptop.get("/_gateway/api/session?alerts=0")).json()
+    assert ("security.ip_changed", False) in [(a["type"], a["current"]) for a in body["alerts"]]
     mine = (await phone.get("/_gateway/api/session?alerts=0")).json()["alerts"]
-    assert all(a["current"] for a in mine)                     # about the phone's own sign-in
+    assert all(a["current"] for a in mine if a["type"] != "security.ip_changed")
     later = client.app[GATEWAY].sessions.clock() + 1
     assert (await laptop.get(f"/_gateway/api/session?alerts={later}")).json()["alerts"] == []
     for bad in ("x", "nan", "inf"):
         r = await laptop.get(f"/_gateway/api/session?alerts={bad}")
         assert (r.status, r.json()["error"]) == (400, "BAD_REQUEST")
+
+
+async def test_parallel_sign_ins_from_a_new_device_do_not_vouch_for_each_other(site):
+    client, seen = await site()
+    await Device(client, CHROME, HOME).sign_in()
+    client.app[GATEWAY].sessions.clock.advance(0.001)
+    await asyncio.gather(*(send(client, "POST", "/_gateway/api/login",
+                                headers=[("User-Agent", FIREFOX), ("X-Forwarded-For", HOME)],
+                                json={"username": "alice", "password": "alice-pw"})
+                           for _ in range(3)))              # all at one instant
+    assert [e.type for e in seen] == ["security.new_device"]
+
+
+async def test_a_log_finding_leaves_no_alert_and_a_session_has_its_fill(site):
+    client, seen = await site(ip_changed="log", new_device="notify")
+    await Device(client, CHROME, HOME).sign_in()
+    laptop = await Device(client, FIREFOX, HOME).sign_in()     # an alert
+    for n in range(40):                                        # 40 addresses: 20 findings
+        laptop.ip = f"192.0.2.{n + 1}"
+        assert (await laptop.get()).status == 200
+    assert len([e for e in seen if e.type == "security.ip_changed"]) == MAX_FINDINGS
+    assert await alerts(laptop) == [
+        "New sign-in on a device not seen before: Firefox 130 on Linux from "
+        f"{HOME} (Berlin, Berlin, Germany)."]
+
+
+@pytest.mark.parametrize("desktop_site", [
+    CHROME.replace("Chrome/156", "Chrome/156"),
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/156.0.0.0 Safari/537.36"])
+async def test_a_phone_asking_for_the_desktop_site_is_the_same_browser(site, desktop_site):
+    client, seen = await site()
+    phone = await Device(client, ANDROID_CHROME, HOME).sign_in()
+    phone.agent = desktop_site
+    assert (await phone.get()).status == 200
+    assert seen == []
+
+
+async def test_rotating_user_agents_are_a_finding(site):
+    client, seen = await site(ua_changed="log")
+    laptop = await Device(client, CHROME, HOME).sign_in()
+    for n in range(12):                                        # same browser, new strings
+        laptop.agent = CHROME.replace("156.0.0.0", f"156.0.{n}.1")
+        assert (await laptop.get()).status == 200
+    assert [e.details["previous"] for e in seen] == ["many different User-Agents"]
 
 
 async def test_each_finding_is_recorded_once_across_gateways(upstream, make_config, gateway,

@@ -19,6 +19,7 @@ from conftest import Clock
 from gateway.config import RedisConfig
 from gateway.store import (LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT,
                            USER_DISABLED, EndedSession, Session)
+from gateway.store.base import MAX_FINDINGS
 from gateway.store.memory import MemorySessionStore
 from gateway.store.redis import RedisSessionStore, user_tag
 
@@ -558,15 +559,28 @@ async def test_a_finding_is_recorded_once_per_session_and_mark(store, clock):
 
 
 async def test_security_events_keep_the_history_window_and_at_most_100(store, clock):
-    await store.add_security_event("alice", "s1", "old", alert(clock, 0), 9999, 3600)
+    await store.add_security_event("alice", "s0", "old", alert(clock, 0), 9999, 3600)
     clock.advance(10)
     since = clock()
     for n in range(1, 106):
         clock.advance(1)
-        await store.add_security_event("alice", "s1", f"m{n}", alert(clock, n), 9999, 3600)
+        await store.add_security_event("alice", f"s{n}", "m", alert(clock, n), 9999, 3600)
     events = await store.security_events("alice", 0)
     assert [e["id"] for e in events] == [f"e{n}" for n in range(105, 5, -1)]   # newest first
     assert len(await store.security_events("alice", since + 100)) == 5
     clock.advance(3600)
     await store.add_security_event("alice", "s1", "late", alert(clock, 999), 9999, 3600)
     assert [e["id"] for e in await store.security_events("alice", 0)] == ["e999"]
+
+
+async def test_a_session_has_at_most_its_fill_of_findings_and_log_ones_are_not_shown(store,
+                                                                                     clock):
+    assert await store.add_security_event("alice", "s1", "seen", None, 600, 3600)
+    assert not await store.add_security_event("alice", "s1", "seen", None, 600, 3600)
+    for n in range(MAX_FINDINGS - 1):
+        assert await store.add_security_event("alice", "s1", f"ip:{n}", alert(clock, n),
+                                              600, 3600)
+    assert not await store.add_security_event("alice", "s1", "one-more", alert(clock, 99),
+                                              600, 3600)
+    ids = [e["id"] for e in await store.security_events("alice", 0)]
+    assert len(ids) == MAX_FINDINGS - 1 and "e99" not in ids     # "seen" kept no record

@@ -46,6 +46,13 @@ IP_CHANGE = "security.ip_changed"
 UA_CHANGE = "security.ua_changed"
 
 _MAX_JUDGED = 10_000
+# Parallel sign-ins from one new device raise one finding: sign-in findings
+# are marked per user (this pseudo-session) for a minute.
+_SIGN_INS = "~sign-ins"
+_SIGN_IN_WINDOW = 60.0
+# Distinct User-Agent strings one session may show a worker before that
+# itself is the finding: a browser sends one, and each new one costs a parse.
+_MAX_AGENTS = 8
 
 
 def fingerprint(sid: str) -> str:
@@ -53,8 +60,20 @@ def fingerprint(sid: str) -> str:
     return hashlib.sha256(sid.encode()).hexdigest()[:12]
 
 
+# "Request desktop site" turns a phone's browser into its desktop sibling
+# (Android into Linux, iOS into macOS; "Chrome Mobile" into "Chrome"): the
+# same browser, so the same lineage.
+_OS_LINEAGE = {"Android": "Linux", "iOS": "Mac OS X", "iPadOS": "Mac OS X"}
+
+
+def lineage(device: Device) -> tuple[str, str]:
+    """What must not change within a session: OS and browser, as families."""
+    browser = " ".join(w for w in device.browser_family.split() if w != "Mobile")
+    return _OS_LINEAGE.get(device.os_family, device.os_family), browser
+
+
 def _browser_differs(before: Device, after: Device) -> bool:
-    if (before.os_family, before.browser_family) != (after.os_family, after.browser_family):
+    if lineage(before) != lineage(after):
         return True
     return (before.browser_major is not None and after.browser_major is not None
             and after.browser_major < before.browser_major)
@@ -80,8 +99,10 @@ class SecurityWatch:
         self.events = events
         self.locator = locator
         self.clock = clock
-        # (sid, kind, value) judged by this worker: a repeat costs a dict lookup.
+        # (sid, kind, value) judged by this worker: a repeat costs a set lookup.
         self._judged: set[tuple[str, str, str]] = set()
+        # sid -> how many User-Agent strings this worker has judged for it.
+        self._agents: dict[str, int] = {}
 
     # -- at sign-in ------------------------------------------------------------
     async def at_sign_in(self, session: Session) -> None:
@@ -92,9 +113,13 @@ class SecurityWatch:
         if p.new_device == "off" and locate is None:
             return
         since = session.created_at - self.history
+        # Only sessions begun before this one: two parallel sign-ins from one
+        # new device must not vouch for each other.
+        mine = (session.created_at, session.id)
         earlier = [s for s in await self.store.user_sessions(session.username)
-                   if s.id != session.id]
-        earlier += [e.session for e in await self.store.history(session.username, since)]
+                   if (s.created_at, s.id) < mine]
+        earlier += [e.session for e in await self.store.history(session.username, since)
+                    if (e.session.created_at, e.session.id) < mine]
         if not earlier:
             return   # a first sign-in: every device and place would be "new"
         agents = {session.user_agent} | {a for s in earlier
@@ -102,16 +127,17 @@ class SecurityWatch:
         devices = await asyncio.to_thread(lambda: {a: describe(a) for a in agents})
         device = devices[session.user_agent]
         if p.new_device != "off":
-            known = {(devices[a].os_family, devices[a].browser_family)
-                     for s in earlier for a in (s.login_user_agent, s.user_agent)}
-            if (device.os_family, device.browser_family) not in known:
-                await self._report(session, NEW_DEVICE, "", p.new_device, device)
+            known = {lineage(devices[a]) for s in earlier
+                     for a in (s.login_user_agent, s.user_agent)}
+            if lineage(device) not in known:
+                await self._report(session, NEW_DEVICE, "/".join(lineage(device)),
+                                   p.new_device, device, scope=_SIGN_INS)
         if locate is not None:
             here = locate(session.ip) if session.ip else None
             seen = {_place(locate(ip)) for s in earlier for ip in (s.login_ip, s.ip) if ip}
             if here is not None and _place(here) not in seen:
-                await self._report(session, NEW_LOCATION, "", p.new_location, device,
-                                   location=here)
+                await self._report(session, NEW_LOCATION, "/".join(_place(here) or ()),
+                                   p.new_location, device, location=here, scope=_SIGN_INS)
 
     # -- within a session --------------------------------------------------------
     async def observe(self, session: Session, ip: str, user_agent: str) -> Ending | None:
@@ -129,12 +155,22 @@ class SecurityWatch:
         agent = user_agent[:512]
         if agent != session.user_agent and agent != session.login_user_agent \
                 and p.ua_changed != "off" and (session.id, "ua", agent) not in self._judged:
+            if len(self._agents) >= _MAX_JUDGED:
+                self._agents.clear()
+            agents = self._agents[session.id] = self._agents.get(session.id, 0) + 1
+            if agents > _MAX_AGENTS:
+                # Rotating User-Agents: no browser does that; and no more parsing.
+                await self._report(session, UA_CHANGE, "many", p.ua_changed, None,
+                                   previous="many different User-Agents", ip=ip)
+                if p.ua_changed == "end":
+                    return UA_CHANGED
+                return None
             before, after = await asyncio.to_thread(
                 lambda: (describe(session.user_agent), describe(agent)))
             if _browser_differs(before, after):
-                await self._report(session, UA_CHANGE, f"{after.os_family}/"
-                                   f"{after.browser_family}/{after.browser_major}",
-                                   p.ua_changed, after, previous=before.text(), ip=ip)
+                await self._report(session, UA_CHANGE, "/".join(map(str, (
+                    *lineage(after), after.browser_major))), p.ua_changed, after,
+                    previous=before.text(), ip=ip)
                 if p.ua_changed == "end":
                     return UA_CHANGED
             self._judge((session.id, "ua", agent))
@@ -143,12 +179,16 @@ class SecurityWatch:
     def _judge(self, key: tuple[str, str, str]) -> None:
         if len(self._judged) >= _MAX_JUDGED:
             self._judged.clear()
+            self._agents.clear()
         self._judged.add(key)
 
     # -- the one way out -----------------------------------------------------------
     async def _report(self, session: Session, kind: str, value: str, policy: str,
                       device: Device | None, *, previous: str = "", ip: str | None = None,
-                      location: dict[str, str] | None = None) -> None:
+                      location: dict[str, str] | None = None,
+                      scope: str | None = None) -> None:
+        """Record and emit a finding, once per ``scope`` (the session, or all of
+        the user's sign-ins of the last minute) and value."""
         now = self.clock()
         ip = session.ip if ip is None else ip
         if location is None and self.locator is not None and ip:
@@ -158,10 +198,10 @@ class SecurityWatch:
             "session": fingerprint(session.id), "ip": ip, "location": _place_text(location),
             "device": device.text() if device else "", "previous": previous,
         }
-        keep = max(1.0, session.keep_until - now)
-        if not await self.store.add_security_event(session.username, session.id,
-                                                   f"{kind}:{value}", record, keep,
-                                                   self.history):
+        keep = _SIGN_IN_WINDOW if scope == _SIGN_INS else max(1.0, session.keep_until - now)
+        if not await self.store.add_security_event(
+                session.username, scope or session.id, f"{kind}:{value}",
+                record if policy == "notify" else None, keep, self.history):
             return   # another worker (or instance) recorded it first
         log.warning("%s for a session of %s (%s): policy %s", kind, session.username,
                     fingerprint(session.id), policy)
@@ -172,11 +212,14 @@ class SecurityWatch:
 
 async def alerts(store: SessionStore, session: Session, since: float) -> list[dict[str, Any]]:
     """The user's ``notify`` events after ``since``, for them to see, most recent
-    first; ``current``: it concerns the session asking."""
+    first; ``current``: the sign-in of the session asking (not news to it).
+    A change within the asking session is news to it: someone else may be
+    using it."""
     mine = fingerprint(session.id)
     return [{"id": str(e.get("id", "")), "type": str(e.get("type", "")),
              "at": iso(float(e.get("at", 0))), "message": message(e),
-             "current": e.get("session") == mine}
+             "current": e.get("session") == mine and e.get("type") in (NEW_DEVICE,
+                                                                        NEW_LOCATION)}
             for e in await store.security_events(session.username, since)
             if e.get("policy") == "notify"]
 

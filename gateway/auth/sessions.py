@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -359,7 +360,8 @@ class SessionService:
     def describe(self, identity: Identity) -> dict[str, Any]:
         """The body of ``GET /api/session``."""
         s = identity.session
-        remaining = max(0, int(s.idle_expires_at - self.clock()))
+        # Rounded up: "0" only once it has ended (the monitor looks again then).
+        remaining = max(0, math.ceil(s.idle_expires_at - self.clock()))
         return {
             "user": identity.user.public(),
             "session": {

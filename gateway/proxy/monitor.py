@@ -1,17 +1,22 @@
 """The session monitor's script tag, added to an upstream's HTML pages.
 
 Only on upstreams with ``session_monitor: true``, only for a signed-in
-request that accepts HTML, and only into a plain ``200 text/html`` answer:
-never into a compressed, partial or non-HTML body (the gateway does not
-decompress), nor into a charset where ASCII bytes would not be ASCII text.
-Those requests ask the upstream for an uncompressed body; every other
-request and response streams through untouched.
+top-level page load (``Sec-Fetch-Dest: document``; without Sec-Fetch
+headers, a request accepting HTML), and only into a plain
+``200 text/html`` answer: never into a compressed, partial, downloaded
+(``Content-Disposition: attachment``) or ``no-transform`` body, nor one in
+a charset where ASCII bytes would not be ASCII text. Those requests ask the
+upstream for an uncompressed, whole body; every other request and response
+streams through untouched.
 
-The tag goes before the first ``</head>`` or ``<body`` found in the first
-64 KiB, else at the very end (browsers run a script there too). Exactly one
-tag is added either way, so a declared ``Content-Length`` grows by its
-length before a byte is read. The body's bytes differ from the upstream's:
-a strong ``ETag`` is made weak and digests of the body are dropped.
+The tag goes just before the first ``</head>`` that starts in the first
+64 KiB, else at the very end (browsers run a script there too); not before
+``<body``, which inline scripts and conditional comments of old pages
+contain. Exactly one tag is added either way, so a declared
+``Content-Length`` grows by its length before a byte is read, and the body
+streams as it comes: at most the few bytes that could begin ``</head>``
+wait for the next chunk. The body's bytes differ from the upstream's, so a
+strong ``ETag`` is made weak and digests of the body are dropped.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import re
 
 from multidict import CIMultiDict
 
-# How far into a page the tag's place is looked for; the body is held back
-# (not sent) only until then.
+# How far into a page the tag's place is looked for.
 SEARCH_LIMIT = 64 * 2**10
-_PLACE = re.compile(rb"</head|<body", re.IGNORECASE)
-_LONGEST = 6   # len(b"</head"): a place starting before SEARCH_LIMIT ends by here
+_PLACE = re.compile(rb"</head\s*>", re.IGNORECASE)
+# What may be the start of the place, at the end of a chunk.
+_PARTIAL = re.compile(rb"<(?:/(?:h(?:e(?:a(?:d\s*)?)?)?)?)?\Z", re.IGNORECASE)
+_PARTIAL_MAX = 32
 # Charsets in which the tag's ASCII bytes read as the tag.
 _WIDE = re.compile(r"utf-?16|utf-?32|ucs-?2|ucs-?4", re.IGNORECASE)
 _DIGESTS = ("Content-MD5", "Digest", "Content-Digest", "Repr-Digest")
@@ -35,9 +41,12 @@ def script_tag(prefix: str) -> bytes:
     return f'<script src="{html.escape(prefix)}/monitor.js" defer></script>'.encode()
 
 
-def wants_page(accept: str | None) -> bool:
-    """A request that may get a page: it asks for ``text/html`` (navigations,
-    frames). Others keep the client's Accept-Encoding."""
+def wants_page(fetch_dest: str | None, accept: str | None) -> bool:
+    """A top-level page load: ``Sec-Fetch-Dest: document``, or without
+    Sec-Fetch headers (older browsers), a request that accepts HTML. Frames
+    (a sandboxed one has no cookie), fetches and XHR keep their bodies."""
+    if fetch_dest is not None:
+        return fetch_dest == "document"
     return accept is not None and "text/html" in accept
 
 
@@ -48,9 +57,11 @@ def injectable(status: int, headers: CIMultiDict[str]) -> bool:
     if encoding not in ("", "identity"):
         return False
     media, _, params = headers.get("Content-Type", "").partition(";")
-    if media.strip().lower() != "text/html":
+    if media.strip().lower() != "text/html" or _WIDE.search(params):
         return False
-    return not _WIDE.search(params)
+    if "no-transform" in headers.get("Cache-Control", "").lower():
+        return False
+    return "attachment" not in headers.get("Content-Disposition", "").lower()
 
 
 def adjust_headers(headers: CIMultiDict[str], tag: bytes) -> None:
@@ -67,7 +78,7 @@ def adjust_headers(headers: CIMultiDict[str], tag: bytes) -> None:
 
 def inject(body: bytes, tag: bytes) -> bytes:
     """A whole body with the tag in its place."""
-    found = _PLACE.search(body, 0, SEARCH_LIMIT + _LONGEST)
+    found = _PLACE.search(body)
     if found is None or found.start() >= SEARCH_LIMIT:
         return body + tag
     return body[:found.start()] + tag + body[found.start():]
@@ -75,34 +86,36 @@ def inject(body: bytes, tag: bytes) -> bytes:
 
 class Injector:
     """The same, for a body that streams: ``feed`` each chunk and send what
-    it returns, then send ``finish()``."""
+    it returns, then send ``finish()``. Each byte is searched once."""
 
     def __init__(self, tag: bytes) -> None:
         self.tag = tag
-        self._held = b""
+        self._tail = b""      # a possible start of the place, held for the next chunk
+        self._sent = 0        # body bytes passed on so far
         self._done = False
-        self._at_end = False   # the place was not found: the tag goes last
+        self._at_end = False  # the place is not in the first 64 KiB: the tag goes last
 
     def feed(self, chunk: bytes) -> bytes:
         if self._done:
             return chunk
-        self._held += chunk
-        found = _PLACE.search(self._held, 0, SEARCH_LIMIT + _LONGEST)
-        if found is not None and found.start() < SEARCH_LIMIT:
+        data = self._tail + chunk
+        self._tail = b""
+        found = _PLACE.search(data)
+        if found is not None and self._sent + found.start() < SEARCH_LIMIT:
             self._done = True
-            out = self._held[:found.start()] + self.tag + self._held[found.start():]
-            self._held = b""
-            return out
-        if len(self._held) < SEARCH_LIMIT + _LONGEST:
-            return b""
-        # Not in the first 64 KiB: send it all on; the tag goes at the end.
-        out, self._held = self._held, b""
-        self._done = self._at_end = True
-        return out
+            return data[:found.start()] + self.tag + data[found.start():]
+        partial = None if found else _PARTIAL.search(data, max(0, len(data) - _PARTIAL_MAX))
+        if partial is not None and self._sent + partial.start() < SEARCH_LIMIT:
+            data, self._tail = data[:partial.start()], data[partial.start():]
+        elif found is not None or self._sent + len(data) >= SEARCH_LIMIT:
+            self._done = self._at_end = True
+            return data
+        self._sent += len(data)
+        return data
 
     def finish(self) -> bytes:
-        if not self._done:           # a short page without either place
+        if not self._done:           # no place at all
             self._done = True
-            out, self._held = self._held + self.tag, b""
+            out, self._tail = self._tail + self.tag, b""
             return out
         return self.tag if self._at_end else b""

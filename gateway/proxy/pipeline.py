@@ -66,8 +66,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         upstream_host=None if upstream.preserve_host else upstream.authority)
     # The session monitor goes into pages, which must come uncompressed for it.
     monitor = None
-    if identity is not None and upstream.session_monitor and wants_page(headers_in.get("Accept")):
+    if identity is not None and upstream.session_monitor and \
+            wants_page(headers_in.get("Sec-Fetch-Dest"), headers_in.get("Accept")):
         headers["Accept-Encoding"] = "identity"
+        for name in ("Range", "If-Range"):     # a whole page, or no tag in it
+            headers.popall(name, None)
         monitor = gw.monitor_tag
     _, mark, query = request.raw_path.partition("?")
     url = URL(upstream.base + upstream_path(upstream, verdict.encoded_path)

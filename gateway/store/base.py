@@ -48,6 +48,9 @@ UA_CHANGED = Ending(REVOKED, "ua_changed")               # security_events.ua_ch
 IDLE = Ending(EXPIRED, "idle")
 ABSOLUTE = Ending(EXPIRED, "absolute")
 
+# Findings (security events) recorded per session at most; see add_security_event.
+MAX_FINDINGS = 20
+
 # Kept after a session's idle or absolute end, so that its expiry can still be
 # observed (and recorded with its details) when its user comes back or the
 # sessions are listed: the idle timeout, at most an hour.
@@ -244,12 +247,15 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def add_security_event(self, username: str, sid: str, mark: str,
-                                 record: dict[str, Any], keep: float, history: float) -> bool:
-        """Keep ``record`` (JSON-able, with a numeric ``at``) among the user's
-        security events for ``history`` seconds, unless this session already
-        has one marked ``mark``: across every worker and instance, each
-        finding is recorded once. Marks are kept ``keep`` seconds (the
-        session's life). Returns whether this call recorded it."""
+                                 record: dict[str, Any] | None, keep: float,
+                                 history: float) -> bool:
+        """Note a finding marked ``mark`` for a session, once: across every
+        worker and instance, only the first call for a mark returns True,
+        and a session has at most MAX_FINDINGS marks (kept ``keep`` seconds,
+        the session's life), so a client cannot flood the event stream.
+        ``record`` (JSON-able, with a numeric ``at``; None: nothing to show)
+        joins the user's security alerts for ``history`` seconds, at most
+        100 of them."""
 
     @abstractmethod
     async def security_events(self, username: str, since: float) -> list[dict[str, Any]]:

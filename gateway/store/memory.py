@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .base import (SESSION_LIMIT, AtCapacity, EndedSession, Ending, Page, Session,
-                   SessionStore)
+from .base import (MAX_FINDINGS, SESSION_LIMIT, AtCapacity, EndedSession, Ending, Page,
+                   Session, SessionStore)
 from .paging import decode_cursor, encode_cursor
 
 
@@ -117,20 +117,21 @@ class MemorySessionStore(SessionStore):
                     encode_cursor(page[-1].last_seen_at, page[-1].id) if more else None)
 
     async def add_security_event(self, username: str, sid: str, mark: str,
-                                 record: dict[str, Any], keep: float, history: float) -> bool:
+                                 record: dict[str, Any] | None, keep: float,
+                                 history: float) -> bool:
         now = self._clock()
         until, marks = self._marks.get(sid, (0.0, set()))
-        if until > now and mark in marks:
-            return False
         if until <= now:
             marks = set()
+        if mark in marks or len(marks) >= MAX_FINDINGS:
+            return False
         marks.add(mark)
         self._marks[sid] = (max(until, now + keep), marks)
-        at = float(record["at"])
-        kept = [(t, r) for t, r in self._alerts.get(username, []) if t > now - history]
-        kept.append((at, dict(record)))
-        kept.sort(key=lambda item: item[0])
-        self._alerts[username] = kept[-100:]
+        if record is not None:
+            kept = [(t, r) for t, r in self._alerts.get(username, []) if t > now - history]
+            kept.append((float(record["at"]), dict(record)))
+            kept.sort(key=lambda item: item[0])
+            self._alerts[username] = kept[-100:]
         return True
 
     async def security_events(self, username: str, since: float) -> list[dict[str, Any]]:

@@ -10,8 +10,8 @@ the per-user scripts stay legal there):
     gw:{tag}:e:<sid>   ended record: the session's fields plus status, reason,
                        actor, ended_at, for ``session.history``
     gw:{tag}:ended     sorted set of the user's ended session ids, by ended_at
-    gw:{tag}:alerts    sorted set of the user's security events (JSON), by time,
-                       for ``session.history``, at most 100
+    gw:{tag}:alerts    sorted set of the user's security alerts (``notify``
+                       events, JSON), by time, for ``session.history``, at most 100
     gw:{tag}:x:<sid>   set of the session's findings already recorded (marks)
     gw:o:<sid>         the session's user: find by id in O(1)
     gw:all             sorted set of every session (``tag:sid``), by last
@@ -47,8 +47,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ..config import RedisConfig
-from .base import (EXPIRED_GRACE_MAX, LOGOUT, REVOKED_BY_ADMIN, SESSION_LIMIT, USER_DISABLED,
-                   AtCapacity, EndedSession, Ending, Page, Session, SessionStore,
+from .base import (EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, REVOKED_BY_ADMIN, SESSION_LIMIT,
+                   USER_DISABLED, AtCapacity, EndedSession, Ending, Page, Session, SessionStore,
                    StoreUnavailable, encode_fields)
 from .client import connect
 from .paging import decode_cursor, encode_cursor
@@ -186,10 +186,14 @@ return finish(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
 """
 
 # KEYS: marks (set), alerts (sorted set). ARGV: mark, now_ms, keep_ms,
-# history_ms, record (JSON). Returns 1 if recorded, 0 if the mark was there.
+# history_ms, record (JSON; "" for none), most marks. Returns 1 if the mark
+# is new (and the record kept), 0 if it was there or the session has its fill.
 _ALERT = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[6]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if ARGV[5] == '' then return 1 end
 local now_ms, history_ms = tonumber(ARGV[2]), tonumber(ARGV[4])
 redis.call('ZADD', KEYS[2], now_ms, ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - history_ms)
@@ -533,12 +537,14 @@ class RedisSessionStore(SessionStore):
                 pass
 
     async def add_security_event(self, username: str, sid: str, mark: str,
-                                 record: dict[str, Any], keep: float, history: float) -> bool:
-        payload = json.dumps(record, separators=(",", ":"), sort_keys=True)
+                                 record: dict[str, Any] | None, keep: float,
+                                 history: float) -> bool:
+        payload = "" if record is None else json.dumps(record, separators=(",", ":"),
+                                                       sort_keys=True)
         added = await self._call(lambda: self._alert(
             keys=[self.marks_key(username, sid), self.alerts_key(username)],
-            args=[mark, int(float(record["at"]) * 1000), max(1, int(keep * 1000)),
-                  int(history * 1000), payload]))
+            args=[mark, int(self.clock() * 1000), max(1, int(keep * 1000)),
+                  int(history * 1000), payload, MAX_FINDINGS]))
         return bool(added)
 
     async def security_events(self, username: str, since: float) -> list[dict[str, Any]]:

@@ -36,12 +36,14 @@
 
   var SEEN_KEY = "gateway-monitor-alerts-seen";
   var settings = { interval: 30, expiring_soon: 120, activity: "requests", ping_interval: 30 };
-  var state = null;          // the last session body, and when it was learnt
+  var state = null;          // the last session body, and when it was asked for
   var learntAt = 0;
   var username = null;
-  var ended = false;
-  var timer = null, ticker = null;
+  var ended = false, endedAt = 0;
+  var timer = null, ticker = null, inflight = false;
+  var failures = 0;          // answers that told nothing (503, network), in a row
   var lastPing = 0;
+  var returnFocus = null, madeInert = [];
 
   // -- drawing ------------------------------------------------------------------
   var host = document.createElement("div");
@@ -109,15 +111,18 @@
     return state && state.session.idle_expires_at === state.session.expires_at;
   }
 
-  function apply(body, at) {
-    if (!body || !body.session) return;
-    if (username !== null && body.user && body.user.username !== username) {
-      location.reload();                  // someone else now: this page is not theirs
+  // `asked`: when the request that got this answer was sent. An answer to a
+  // question asked before the session was seen to end says nothing now.
+  function apply(body, asked) {
+    if (!body || !body.session || (ended && asked < endedAt) || asked < learntAt) return;
+    var who = body.user ? body.user.username : null;
+    if (ended && (username === null || who !== username)) {
+      location.reload();      // signed in as someone else, or as nobody known: not their page
       return;
     }
-    username = body.user ? body.user.username : username;
+    username = who;
     state = body;
-    learntAt = at || Date.now();
+    learntAt = asked;
     if (body.monitor) settings = body.monitor;
     if (ended) hideOverlay();
     ended = false;
@@ -129,6 +134,7 @@
   function end(body) {
     if (ended) return;
     ended = true;
+    endedAt = Date.now();
     state = null;
     hideBar();
     showOverlay(body && body.reason_text);
@@ -139,7 +145,7 @@
     if (ended || !state) return hideBar();
     var remaining = left();
     if (remaining > settings.expiring_soon) return hideBar();
-    if (remaining <= 0) { check(); return; }
+    if (remaining <= 0) { hideBar(); schedule(1); return; }   // look once it is over
     showBar(remaining);
   }
 
@@ -160,16 +166,36 @@
   function check() {
     clearTimeout(timer);
     timer = null;
+    if (inflight) return;
+    inflight = true;
+    var asked = Date.now();
     var url = prefix + "/api/session?alerts=" + since().toFixed(3);
-    return fetch(url, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
+    fetch(url, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
       .then(function (r) {
         return r.json().catch(function () { return null; }).then(function (body) {
-          if (r.status === 200) { share({ type: "state", body: body, at: Date.now() }); apply(body); }
-          else if (r.status === 401) { share({ type: "ended", body: body }); end(body); }
-          else schedule(5);               // the gateway could not tell (e.g. 503): ask again soon
+          inflight = false;
+          answered(r.status, body, asked);
         });
       })
-      .catch(function () { schedule(5); });
+      .catch(function () { inflight = false; answered(0, null, asked); });
+  }
+
+  function answered(status, body, asked) {
+    if (status === 200) {
+      failures = 0;
+      share({ type: "state", body: body, asked: asked });
+      apply(body, asked);
+      if (!timer) schedule();     // an answer it could not use: keep looking
+    } else if (status === 401) {
+      failures = 0;
+      share({ type: "ended", body: body });
+      end(body);
+    } else {
+      // The gateway could not tell (503 while its store is down, or no
+      // answer): ask again, less and less often, up to the usual interval.
+      failures += 1;
+      schedule(Math.min(settings.interval, 5 * Math.pow(2, failures - 1)));
+    }
   }
 
   function schedule(seconds) {
@@ -190,7 +216,7 @@
   if (channel) {
     channel.onmessage = function (event) {
       var m = event.data || {};
-      if (m.type === "state") apply(m.body, m.at);
+      if (m.type === "state") apply(m.body, m.asked);
       else if (m.type === "ended") end(m.body);
       else if (m.type === "signed-in") check();
     };
@@ -204,12 +230,11 @@
 
   // -- staying signed in ---------------------------------------------------------------
   function refresh() {
-    lastPing = Date.now();
-    return fetch(prefix + "/api/session/refresh", { method: "POST", credentials: "same-origin", headers: { Accept: "application/json" } })
+    var asked = lastPing = Date.now();
+    fetch(prefix + "/api/session/refresh", { method: "POST", credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) {
         return r.json().catch(function () { return null; }).then(function (body) {
-          if (r.status === 200) { share({ type: "state", body: body, at: Date.now() }); apply(body); }
-          else if (r.status === 401) { share({ type: "ended", body: body }); end(body); }
+          if (r.status === 200 || r.status === 401) answered(r.status, body, asked);
         });
       })
       .catch(function () { /* the next check will tell */ });
@@ -263,6 +288,12 @@
   function showOverlay(reason) {
     attach();
     hideOverlay();
+    returnFocus = document.activeElement;
+    // The page behind is out of reach (keyboard, pointer, screen readers)
+    // while the dialog is up.
+    Array.prototype.forEach.call(document.body ? document.body.children : [], function (node) {
+      if (node !== host && !node.inert) { node.inert = true; madeInert.push(node); }
+    });
     overlay = el("div", { "class": "backdrop" });
     var dialog = el("div", { "class": "dialog", role: "alertdialog", "aria-modal": "true",
                              "aria-labelledby": "gm-title", "aria-describedby": "gm-reason" });
@@ -294,7 +325,13 @@
     again.focus();
   }
   function hideOverlay() {
-    if (overlay) { overlay.remove(); overlay = null; }
+    if (!overlay) return;
+    overlay.remove();
+    overlay = null;
+    madeInert.forEach(function (node) { node.inert = false; });
+    madeInert = [];
+    if (returnFocus && returnFocus.focus) returnFocus.focus();
+    returnFocus = null;
   }
 
   // -- security alerts ---------------------------------------------------------------------
