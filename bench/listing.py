@@ -132,11 +132,14 @@ def time_own_listing(stack: Stack, cfg: gwctl.GatewayConfig, count: int) -> list
         if status != 200:
             raise RuntimeError(f"login {i}: {status} {data[:200]!r}")
         cookie = headers["Set-Cookie"].split(";", 1)[0]
+    # From the browser the last sign-in came from: another one would end it.
+    agent = agents[(count - 1) % len(agents)]
     out = []
     for _ in range(21):
         t0 = time.perf_counter()
         status, _, data = gwctl.request(cfg.port, "GET", "/_gateway/api/sessions",
-                                        {"Cookie": cookie, "Accept": "application/json"})
+                                        {"Cookie": cookie, "Accept": "application/json",
+                                         "User-Agent": agent})
         out.append((time.perf_counter() - t0) * 1000)
         if status != 200 or data.count(b'"status": "ACTIVE"') != count:
             raise RuntimeError(f"listing: {status} {data[:200]!r}")

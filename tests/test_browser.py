@@ -98,13 +98,21 @@ async def test_a_person_signs_out_another_device_on_the_sessions_page(
 # background, as JupyterLab does; shows how its last poll went.
 SPA = b"""<!doctype html><html><head><title>Notes</title></head><body>
 <h1>Notes</h1><textarea id="draft" aria-label="Draft"></textarea>
-<p>Last poll: <span id="status">none</span></p>
+<p>Last poll: <span id="status">none</span>; refused: <span id="refused">0</span></p>
 <script>
+var refused = 0;
+function seen(r) {
+  document.getElementById('status').textContent = r.status;
+  if (r.status !== 200) document.getElementById('refused').textContent = ++refused;
+}
 setInterval(function () {
-  fetch('/api/data', {headers: {Accept: 'application/json'}})
-    .then(function (r) { document.getElementById('status').textContent = r.status; })
+  fetch('/api/data', {headers: {Accept: 'application/json'}}).then(seen)
     .catch(function () { document.getElementById('status').textContent = 'failed'; });
 }, 250);
+function saveDraft() {
+  return fetch('/api/save', {method: 'POST', headers: {'Content-Type': 'text/plain'},
+                             body: document.getElementById('draft').value}).then(seen);
+}
 </script></body></html>"""
 
 
@@ -113,6 +121,11 @@ async def notes(aiohttp_server: Any, make_config: Any, gateway: Any) -> Any:
     """``await notes(activity)``: the app behind a gateway with the monitor on;
     returns (client, clock, base URL, how many polls the app has made)."""
     polls = [0]
+    saved: list[str] = []
+
+    async def save(request: web.Request) -> web.Response:
+        saved.append(await request.text())
+        return web.json_response({"saved": True})
 
     async def app_page(request: web.Request) -> web.Response:
         return web.Response(body=SPA, content_type="text/html")
@@ -124,6 +137,7 @@ async def notes(aiohttp_server: Any, make_config: Any, gateway: Any) -> Any:
     app = web.Application()
     app.router.add_get("/app", app_page)
     app.router.add_get("/api/data", data)
+    app.router.add_post("/api/save", save)
     upstream = await aiohttp_server(app)
 
     async def start(activity: str = "navigation") -> tuple[Any, Clock, str, list[int]]:
@@ -134,6 +148,7 @@ async def notes(aiohttp_server: Any, make_config: Any, gateway: Any) -> Any:
                              upstreams=[{"name": "notes", "url": url, "path_prefix": "/",
                                          "session_monitor": True}])
         client = await gateway(config, clock=clock)
+        client.saved = saved
         return client, clock, f"http://{client.server.host}:{client.server.port}", polls
     return start
 
@@ -210,8 +225,9 @@ async def test_after_a_revoke_the_page_signs_in_again_in_a_popup_and_keeps_its_w
     dialog = await asyncio.to_thread(monitor, browser, ".dialog")
     assert "You have been signed out" in dialog.text
     assert "An administrator signed you out." in dialog.text
+    # Saving while signed out: the gateway refuses it, the monitor holds it.
+    await asyncio.to_thread(browser.execute_script, "saveDraft()")
     main = await asyncio.to_thread(lambda: browser.current_window_handle)
-
     await asyncio.to_thread(sign_in_in_the_popup, browser, dialog, main, "alice", "alice-pw")
     await asyncio.to_thread(monitor_gone, browser, ".dialog")
     await asyncio.to_thread(wait_for, browser, arrived.text_to_be_present_in_element(
@@ -219,6 +235,13 @@ async def test_after_a_revoke_the_page_signs_in_again_in_a_popup_and_keeps_its_w
     assert await asyncio.to_thread(
         lambda: browser.find_element(By.ID, "draft").get_attribute("value")) == "unsaved thoughts"
     assert await asyncio.to_thread(lambda: browser.title) == "Notes"   # never reloaded
+    for _ in range(100):                  # the held save went through, once
+        if client.saved:
+            break
+        await asyncio.sleep(0.05)
+    assert client.saved == ["unsaved thoughts"]
+    # The app never saw the gateway's refusals: they were held, then sent again.
+    assert await asyncio.to_thread(lambda: browser.find_element(By.ID, "refused").text) == "0"
 
 
 async def test_a_tab_that_only_polls_goes_idle_and_says_so(notes, browser):

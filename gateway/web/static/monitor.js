@@ -12,6 +12,11 @@
  * - Shows each security alert (new device, new place, ...) once per browser.
  * - With `activity: interaction`, tells the gateway, at most every
  *   `ping_interval`, that the person typed or clicked.
+ * - Holds the page's own fetch() calls that the gateway refused for want of
+ *   a session, and sends them again once signed in again, so an app that
+ *   takes a 401 for "gone for good" (JupyterLab: "Kernel died") carries on.
+ *   Only the gateway's refusals (its JSON error codes), which the app never
+ *   saw, so sending them again does nothing twice.
  *
  * Everything it draws lives in a shadow root, styled there, so the app's CSS
  * and the monitor's cannot touch each other. No inline script, no eval.
@@ -33,6 +38,7 @@
   }
   if (window.__gatewayMonitor) return;   // added twice: once is enough
   window.__gatewayMonitor = true;
+  var send = window.fetch.bind(window);   // the monitor's own requests are never held
 
   var SEEN_KEY = "gateway-monitor-alerts-seen";
   var settings = { interval: 30, expiring_soon: 120, activity: "requests", ping_interval: 30 };
@@ -44,6 +50,7 @@
   var failures = 0;          // answers that told nothing (503, network), in a row
   var lastPing = 0;
   var returnFocus = null, madeInert = [];
+  var waiting = [];          // held requests, resumed once signed in again
 
   // -- drawing ------------------------------------------------------------------
   var host = document.createElement("div");
@@ -126,6 +133,8 @@
     if (body.monitor) settings = body.monitor;
     if (ended) hideOverlay();
     ended = false;
+    var go = waiting; waiting = [];
+    go.forEach(function (resume) { resume(); });
     if (body.alerts) showAlerts(body.alerts);
     render();
     schedule();
@@ -170,7 +179,7 @@
     inflight = true;
     var asked = Date.now();
     var url = prefix + "/api/session?alerts=" + since().toFixed(3);
-    fetch(url, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
+    send(url, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
       .then(function (r) {
         return r.json().catch(function () { return null; }).then(function (body) {
           inflight = false;
@@ -231,7 +240,7 @@
   // -- staying signed in ---------------------------------------------------------------
   function refresh() {
     var asked = lastPing = Date.now();
-    fetch(prefix + "/api/session/refresh", { method: "POST", credentials: "same-origin", headers: { Accept: "application/json" } })
+    send(prefix + "/api/session/refresh", { method: "POST", credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) {
         return r.json().catch(function () { return null; }).then(function (body) {
           if (r.status === 200 || r.status === 401) answered(r.status, body, asked);
@@ -358,6 +367,33 @@
     toast.appendChild(row);
     root.appendChild(toast);
   }
+
+  // -- holding the page's requests while signed out -----------------------------------------
+  var REFUSED = ["SESSION_NOT_FOUND", "SESSION_EXPIRED", "SESSION_REVOKED", "SESSION_INVALID", "JWT_INVALID"];
+  function signedInAgain() { return new Promise(function (resume) { waiting.push(resume); }); }
+  function refusedByGateway(response) {
+    if (response.status !== 401) return Promise.resolve(false);
+    return response.clone().json().then(function (body) {
+      return !!body && REFUSED.indexOf(body.error) >= 0;
+    }, function () { return false; });
+  }
+  window.fetch = function (input, init) {
+    var request;
+    try { request = new Request(input, init); } catch (e) { return send(input, init); }
+    // Other sites' requests, and streamed uploads (which cannot be sent twice), pass as they are.
+    if (new URL(request.url).origin !== location.origin || (init && init.duplex)) {
+      return send(request);
+    }
+    var again = request.clone();          // before the body is read by sending it
+    if (ended) return signedInAgain().then(function () { return send(again); });
+    return send(request).then(function (response) {
+      return refusedByGateway(response).then(function (refused) {
+        if (!refused) return response;
+        check();                            // see the end now, not at the next look
+        return signedInAgain().then(function () { return send(again); });
+      });
+    });
+  };
 
   check();
 })();
