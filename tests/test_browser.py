@@ -311,3 +311,38 @@ async def test_the_last_second_of_a_session_is_not_a_busy_loop(notes, browser):
     await asyncio.sleep(3)
     looks = await asyncio.to_thread(browser.execute_script, count) - before
     assert 1 <= looks <= 10, looks
+
+
+async def test_someone_else_signing_in_in_another_tab_starts_the_page_over(notes, browser):
+    """No end seen at all: the other tab's sign-in replaced the cookie."""
+    client, clock, base, polls = await notes()
+    await asyncio.to_thread(open_notes, browser, base)
+    first = await asyncio.to_thread(lambda: browser.current_window_handle)
+
+    def admin_signs_in_in_a_new_tab() -> None:
+        browser.switch_to.new_window("tab")
+        browser.get(f"{base}/_gateway/login?rd=/app")
+        browser.find_element(By.ID, "username").send_keys("admin")
+        browser.find_element(By.ID, "password").send_keys("admin-pw")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(browser, arrived.title_is("Notes"))
+        browser.close()
+        browser.switch_to.window(first)
+        wait_for(browser, lambda d: d.find_element(By.ID, "draft").get_attribute("value") == "")
+    await asyncio.to_thread(admin_signs_in_in_a_new_tab)
+
+
+async def test_a_held_request_can_still_be_aborted(notes, browser):
+    client, clock, base, polls = await notes()
+    gw = client.app[GATEWAY]
+    await asyncio.to_thread(open_notes, browser, base)
+    await gw.sessions.end_all("alice", REVOKED_BY_ADMIN, actor="admin:test")
+    await asyncio.to_thread(monitor, browser, ".dialog")
+    outcome = await asyncio.to_thread(browser.execute_async_script, """
+        const done = arguments[arguments.length - 1];
+        const stop = new AbortController();
+        fetch('/api/data', {signal: stop.signal}).then(() => done('settled'),
+                                                       e => done(e.name));
+        setTimeout(() => stop.abort(), 100);
+    """)
+    assert outcome == "AbortError"

@@ -14,8 +14,9 @@ from authkit import api_login, send
 from gateway.proxy.monitor import SEARCH_LIMIT, Injector, inject
 
 TAG = b'<script src="/_gateway/monitor.js" defer></script>'
-SCRIPTED = (b"<html><head><script>var t = '<body class=x>';</script>"
-            b"<!--[if IE]><body class=ie><![endif]--></head><body>x</body></html>")
+# "<body" and "</head>" inside a script's string and a comment: not the place.
+SCRIPTED = (b"<html><head><script>var t = '<body class=x></head>';</script>"
+            b"<!--[if IE]><body class=ie></head><![endif]--></head><body>x</body></html>")
 PROCEED = web.AppKey("proceed", asyncio.Event)
 PAGE = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"
 BIG = 200 * 2**10
@@ -126,7 +127,7 @@ async def test_a_head_request_is_told_the_length_of_the_page_with_the_tag(site):
 @pytest.mark.parametrize("path, expected", [
     ("/fragment", b"<p>only this</p>" + TAG),                  # nowhere to go: at the end
     ("/bodyonly", b"<html><BODY>x</BODY></html>" + TAG),
-    ("/scripted", SCRIPTED.replace(b"</head>", TAG + b"</head>")),
+    ("/scripted", SCRIPTED.replace(b"--></head>", b"-->" + TAG + b"</head>")),
 ])
 async def test_a_page_without_a_head(site, path, expected):
     assert (await get(site, path)).body == expected
@@ -186,6 +187,29 @@ async def test_a_page_streams_while_the_tag_waits_for_its_place(aiohttp_server, 
         assert first == b"<p>progress 1</p>"      # not held back for a place to come
         upstream.app[PROCEED].set()
         assert await r.content.read() == b"<p>done</p>" + TAG
+
+
+async def test_the_gateways_refusals_are_marked_and_an_upstream_cannot_claim_the_mark(
+        aiohttp_server, make_config, gateway):
+    async def claims(request: web.Request) -> web.Response:
+        return web.json_response({"error": "SESSION_EXPIRED"}, status=401,
+                                 headers={"Gateway-Refusal": "session"})
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", claims)
+    upstream = await aiohttp_server(app)
+    client = await gateway(make_config(str(upstream.make_url("/"))))
+    token = await api_login(client)
+    own = await send(client, "GET", "/x", token=token)
+    assert own.status == 401 and "Gateway-Refusal" not in own.headers    # the app's own 401
+    refused = await send(client, "GET", "/x", token="not-a-session")
+    assert (refused.status, refused.headers["Gateway-Refusal"]) == (401, "session")
+    # A script's fetch accepting HTML is not a navigation: a 401, not the login page.
+    fetched = await send(client, "GET", "/x", accept="text/html",
+                         headers=[("Sec-Fetch-Mode", "cors"), ("Sec-Fetch-Dest", "empty")])
+    assert (fetched.status, fetched.headers["Gateway-Refusal"]) == (401, "session")
+    navigated = await send(client, "GET", "/x", accept="text/html",
+                           headers=[("Sec-Fetch-Mode", "navigate")])
+    assert navigated.status == 302
 
 
 async def test_the_script_and_the_sign_in_windows_last_page(site):

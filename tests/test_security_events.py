@@ -25,6 +25,10 @@ CHROME_OLDER = CHROME.replace("156.0.0.0", "120.0.0.0")
 CHROME_WINDOWS = CHROME.replace("X11; Linux x86_64", "Windows NT 10.0; Win64; x64")
 ANDROID_CHROME = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like "
                   "Gecko) Chrome/156.0.0.0 Mobile Safari/537.36")
+MAC_SAFARI = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like "
+              "Gecko) Version/17.4 Safari/605.1.15")
+IPHONE_SAFARI = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+                 "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1")
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
 HOME, CAFE = "198.51.100.7", "203.0.113.9"
 
@@ -280,6 +284,32 @@ async def test_a_phone_asking_for_the_desktop_site_is_the_same_browser(site, des
     phone.agent = desktop_site
     assert (await phone.get()).status == 200
     assert seen == []
+
+
+async def test_a_phone_is_a_new_device_after_a_desktop(site):
+    client, seen = await site()
+    await Device(client, MAC_SAFARI, HOME).sign_in()
+    await Device(client, IPHONE_SAFARI, HOME).sign_in()
+    assert [e.details["device"] for e in seen] == ["Mobile Safari 17 on iOS 17"]
+
+
+async def test_a_desktop_sessions_cookie_on_a_phone_is_another_browser(site):
+    client, seen = await site()
+    laptop = await Device(client, CHROME, HOME).sign_in()
+    laptop.agent = ANDROID_CHROME
+    assert (await laptop.get()).status == 401
+    assert [e.type for e in seen] == ["security.ua_changed"]
+
+
+async def test_many_new_addresses_leave_room_for_another_finding(site):
+    client, seen = await site(ip_changed="log", ua_changed="notify")
+    laptop = await Device(client, CHROME, HOME).sign_in()
+    for n in range(MAX_FINDINGS + 5):
+        laptop.ip = f"192.0.2.{n + 1}"
+        await laptop.get()
+    laptop.agent = FIREFOX
+    assert (await laptop.get()).status == 200
+    assert [e.type for e in seen].count("security.ua_changed") == 1
 
 
 async def test_rotating_user_agents_are_a_finding(site):

@@ -60,20 +60,25 @@ def fingerprint(sid: str) -> str:
     return hashlib.sha256(sid.encode()).hexdigest()[:12]
 
 
-# "Request desktop site" turns a phone's browser into its desktop sibling
-# (Android into Linux, iOS into macOS; "Chrome Mobile" into "Chrome"): the
-# same browser, so the same lineage.
-_OS_LINEAGE = {"Android": "Linux", "iOS": "Mac OS X", "iPadOS": "Mac OS X"}
-
-
 def lineage(device: Device) -> tuple[str, str]:
-    """What must not change within a session: OS and browser, as families."""
+    """What a device is, for these comparisons: OS and browser, as families."""
+    return device.os_family, device.browser_family
+
+
+# "Request desktop site" turns a phone's browser into its desktop sibling
+# (Android into Linux, iOS into macOS; "Chrome Mobile" into "Chrome"). Within
+# a session that way round is the same browser; the other way round (a
+# desktop session's cookie on a phone) is not.
+_DESKTOP_OS = {"Android": "Linux", "iOS": "Mac OS X", "iPadOS": "Mac OS X"}
+
+
+def _desktop_site(device: Device) -> tuple[str, str]:
     browser = " ".join(w for w in device.browser_family.split() if w != "Mobile")
-    return _OS_LINEAGE.get(device.os_family, device.os_family), browser
+    return _DESKTOP_OS.get(device.os_family, device.os_family), browser
 
 
 def _browser_differs(before: Device, after: Device) -> bool:
-    if lineage(before) != lineage(after):
+    if lineage(before) != lineage(after) and _desktop_site(before) != lineage(after):
         return True
     return (before.browser_major is not None and after.browser_major is not None
             and after.browser_major < before.browser_major)
@@ -164,10 +169,13 @@ class SecurityWatch:
                                    previous="many different User-Agents", ip=ip)
                 if p.ua_changed == "end":
                     return UA_CHANGED
+                self._judge((session.id, "ua", agent))
                 return None
-            before, after = await asyncio.to_thread(
-                lambda: (describe(session.user_agent), describe(agent)))
-            if _browser_differs(before, after):
+            signed_in, before, after = await asyncio.to_thread(lambda: (
+                describe(session.login_user_agent), describe(session.user_agent),
+                describe(agent)))
+            # Unlike both the browser it signed in with and the one last seen.
+            if _browser_differs(before, after) and _browser_differs(signed_in, after):
                 await self._report(session, UA_CHANGE, "/".join(map(str, (
                     *lineage(after), after.browser_major))), p.ua_changed, after,
                     previous=before.text(), ip=ip)
@@ -199,8 +207,10 @@ class SecurityWatch:
             "device": device.text() if device else "", "previous": previous,
         }
         keep = _SIGN_IN_WINDOW if scope == _SIGN_INS else max(1.0, session.keep_until - now)
+        # Marked per kind, so that many of one (a phone's addresses over a
+        # month) cannot use up what another (a new browser) may record.
         if not await self.store.add_security_event(
-                session.username, scope or session.id, f"{kind}:{value}",
+                session.username, f"{scope or session.id}:{kind}", value,
                 record if policy == "notify" else None, keep, self.history):
             return   # another worker (or instance) recorded it first
         log.warning("%s for a session of %s (%s): policy %s", kind, session.username,

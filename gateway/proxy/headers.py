@@ -36,6 +36,10 @@ REWRITES = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri",
 # it before the handler runs); passed on, the upstream client would wait for
 # a 100 Continue that an upstream ignoring Expect never sends.
 _NOT_FORWARDED = HOP_BY_HOP | FORWARDED | REWRITES | {"expect", "host"}
+# Marks the gateway's own refusals (the session monitor holds those and
+# sends them again): an upstream's response must not be able to claim it.
+REFUSAL_MARK = "Gateway-Refusal"
+_NOT_RETURNED = HOP_BY_HOP | {REFUSAL_MARK.lower()}
 _NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | CLIENT_ADDRESS
 
 
@@ -154,7 +158,7 @@ def downstream_response_headers(incoming: CIMultiDict[str], own_cookies: frozens
     """
     dropped = connection_tokens(incoming)
     out = CIMultiDict((k, v) for k, v in incoming.items()
-                      if (f := fold(k)) not in HOP_BY_HOP and f not in dropped)
+                      if (f := fold(k)) not in _NOT_RETURNED and f not in dropped)
     tossed = False
     if "Set-Cookie" in out:
         lines = out.popall("Set-Cookie")

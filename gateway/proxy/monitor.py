@@ -28,10 +28,16 @@ from multidict import CIMultiDict
 
 # How far into a page the tag's place is looked for.
 SEARCH_LIMIT = 64 * 2**10
-_PLACE = re.compile(rb"</head\s*>", re.IGNORECASE)
-# What may be the start of the place, at the end of a chunk.
-_PARTIAL = re.compile(rb"<(?:/(?:h(?:e(?:a(?:d\s*)?)?)?)?)?\Z", re.IGNORECASE)
-_PARTIAL_MAX = 32
+# Where the tag goes, and what may hide a "</head>" that is not one: a
+# comment, or the raw text of a script, style, title, textarea, template
+# or noscript element (a "</head>" in a script's string, say).
+_OPEN = re.compile(rb"<!--|<(script|style|title|textarea|template|noscript)(?=[\s/>])"
+                   rb"|</head[ \t\r\n\f]{0,16}>", re.IGNORECASE)
+_HEAD_END = b"</head"
+_OPENERS = (b"<!--", b"<script", b"<style", b"<title", b"<textarea", b"<template",
+            b"<noscript", _HEAD_END)
+# A token split across chunks is at most this long ("</head" and 16 spaces and ">").
+_CARRY = 32
 # Charsets in which the tag's ASCII bytes read as the tag.
 _WIDE = re.compile(r"utf-?16|utf-?32|ucs-?2|ucs-?4", re.IGNORECASE)
 _DIGESTS = ("Content-MD5", "Digest", "Content-Digest", "Repr-Digest")
@@ -77,44 +83,82 @@ def adjust_headers(headers: CIMultiDict[str], tag: bytes) -> None:
 
 
 def inject(body: bytes, tag: bytes) -> bytes:
-    """A whole body with the tag in its place."""
-    found = _PLACE.search(body)
-    if found is None or found.start() >= SEARCH_LIMIT:
-        return body + tag
-    return body[:found.start()] + tag + body[found.start():]
+    """A whole body with the tag in its place: the streaming rules, in one chunk."""
+    injector = Injector(tag)
+    return injector.feed(body) + injector.finish()
 
 
 class Injector:
-    """The same, for a body that streams: ``feed`` each chunk and send what
-    it returns, then send ``finish()``. Each byte is searched once."""
+    """Adds the tag to a body that streams: ``feed`` each chunk and send what
+    it returns, then send ``finish()``. Each byte is scanned once; only the
+    few bytes at a chunk's end that may begin a token wait for the next."""
 
     def __init__(self, tag: bytes) -> None:
         self.tag = tag
-        self._tail = b""      # a possible start of the place, held for the next chunk
-        self._sent = 0        # body bytes passed on so far
+        self._tail = b""          # a possible token start, held for the next chunk
+        self._sent = 0            # body bytes passed on so far
+        self._closing: bytes | None = None   # inside a comment or raw text: what ends it
         self._done = False
-        self._at_end = False  # the place is not in the first 64 KiB: the tag goes last
+        self._at_end = False      # no place in the first 64 KiB: the tag goes last
 
     def feed(self, chunk: bytes) -> bytes:
         if self._done:
             return chunk
         data = self._tail + chunk
         self._tail = b""
-        found = _PLACE.search(data)
-        if found is not None and self._sent + found.start() < SEARCH_LIMIT:
-            self._done = True
-            return data[:found.start()] + self.tag + data[found.start():]
-        partial = None if found else _PARTIAL.search(data, max(0, len(data) - _PARTIAL_MAX))
-        if partial is not None and self._sent + partial.start() < SEARCH_LIMIT:
-            data, self._tail = data[:partial.start()], data[partial.start():]
-        elif found is not None or self._sent + len(data) >= SEARCH_LIMIT:
+        lowered = data.lower()
+        pos = 0
+        while True:
+            if self._closing is None:
+                found = _OPEN.search(data, pos)
+                if found is None:
+                    break
+                token = found.group(0).lower()
+                if token.startswith(_HEAD_END):
+                    if self._sent + found.start() >= SEARCH_LIMIT:
+                        break
+                    self._done = True
+                    return data[:found.start()] + self.tag + data[found.start():]
+                self._closing = b"-->" if token == b"<!--" else b"</" + found.group(1).lower()
+                pos = found.end()
+            else:
+                end = lowered.find(self._closing, pos)
+                if end < 0:
+                    break
+                after = end + len(self._closing)
+                if self._closing != b"-->":
+                    if after >= len(data):        # "</script" and the chunk ends
+                        pos = end
+                        break
+                    if data[after] not in b" \t\r\n\f/>":   # "</scripts": look further
+                        pos = end + 1
+                        continue
+                pos = after
+                self._closing = None
+        if self._sent + len(data) >= SEARCH_LIMIT + _CARRY:
             self._done = self._at_end = True
             return data
-        self._sent += len(data)
-        return data
+        keep = self._partial(data, pos)
+        out, self._tail = data[:keep], data[keep:]
+        self._sent += len(out)
+        return out
+
+    def _partial(self, data: bytes, pos: int) -> int:
+        """Where a token that may go on in the next chunk starts (else the end)."""
+        tokens = _OPENERS if self._closing is None else (self._closing,)
+        for start in range(max(pos, len(data) - _CARRY), len(data)):
+            if data[start] not in b"<-":
+                continue
+            tail = data[start:].lower()
+            if any(t.startswith(tail) or tail == t for t in tokens):
+                return start
+            if self._closing is None and tail.startswith(_HEAD_END) and \
+                    not tail[len(_HEAD_END):].strip(b" \t\r\n\f"):
+                return start
+        return len(data)
 
     def finish(self) -> bytes:
-        if not self._done:           # no place at all
+        if not self._done:            # no place at all
             self._done = True
             out, self._tail = self._tail + self.tag, b""
             return out

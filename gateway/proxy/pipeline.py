@@ -27,7 +27,7 @@ from ..store import StoreUnavailable
 from .access import upstream_path
 from .decide import Refusal, counts_as_activity, decide
 from .forward import forward
-from .headers import client_ip, safe_header_value, upstream_request_headers
+from .headers import REFUSAL_MARK, client_ip, safe_header_value, upstream_request_headers
 from .monitor import wants_page
 from .websocket import forward_websocket, is_websocket
 
@@ -133,6 +133,9 @@ def identity_headers(gw: Gateway, audience: str, identity: Identity | None) -> d
     }
 
 
+_REFUSED = {"Cache-Control": "no-store", REFUSAL_MARK: "session"}
+
+
 def refuse(request: web.Request, gw: Gateway, refusal: Refusal) -> web.Response:
     if refusal.auth is not None:
         return deny(request, gw, refusal.auth, refusal.had_cookie)
@@ -142,16 +145,23 @@ def refuse(request: web.Request, gw: Gateway, refusal: Refusal) -> web.Response:
 def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) -> web.Response:
     """Browsers are sent to sign in; everything else gets 401 JSON with the code.
 
-    A cookie that named a dead session is cleared, and a short-lived notice
-    cookie tells the login page why the user has to sign in again.
+    A browser navigation is a GET or HEAD accepting HTML that is not, by its
+    ``Sec-Fetch-Mode``, a script's fetch (htmx and kin accept HTML too: a
+    redirect would hand them the login page as if it were their answer).
+    The 401 carries ``Gateway-Refusal: session``, by which the session
+    monitor knows the upstream never saw the request. A cookie that named a
+    dead session is cleared, and a short-lived notice cookie tells the login
+    page why the user has to sign in again.
     """
-    browser = request.method in ("GET", "HEAD") and wants_html(request)
+    mode = request.headers.get("Sec-Fetch-Mode")
+    browser = request.method in ("GET", "HEAD") and wants_html(request) and \
+        mode in (None, "navigate")
     if browser:
         target = f"{gw.config.prefix}/login?" + urlencode({"rd": request.raw_path})
         response = web.Response(status=302, headers={"Location": target,
                                                      "Cache-Control": "no-store"})
     else:
-        response = json_error(401, exc.code, headers={"Cache-Control": "no-store"})
+        response = json_error(401, exc.code, headers=_REFUSED)
     if had_cookie:
         clear_session_cookie(response, gw.config)
         if exc.notice:

@@ -15,8 +15,9 @@
  * - Holds the page's own fetch() calls that the gateway refused for want of
  *   a session, and sends them again once signed in again, so an app that
  *   takes a 401 for "gone for good" (JupyterLab: "Kernel died") carries on.
- *   Only the gateway's refusals (its JSON error codes), which the app never
- *   saw, so sending them again does nothing twice.
+ *   Only the gateway's refusals (marked `Gateway-Refusal: session`, which an
+ *   upstream cannot send), which the app never saw, so sending them again
+ *   does nothing twice; only bodies that can be sent twice, at most 100.
  *
  * Everything it draws lives in a shadow root, styled there, so the app's CSS
  * and the monitor's cannot touch each other. No inline script, no eval.
@@ -46,7 +47,7 @@
   var learntAt = 0;
   var username = null;
   var ended = false, endedAt = 0;
-  var timer = null, ticker = null, inflight = false;
+  var timer = null, ticker = null, inflight = false, again = false;
   var failures = 0;          // answers that told nothing (503, network), in a row
   var lastPing = 0;
   var returnFocus = null, madeInert = [];
@@ -121,10 +122,13 @@
   // `asked`: when the request that got this answer was sent. An answer to a
   // question asked before the session was seen to end says nothing now.
   function apply(body, asked) {
-    if (!body || !body.session || (ended && asked < endedAt) || asked < learntAt) return;
+    if (!body || !body.session || asked < learntAt || (ended && asked < endedAt)) return;
     var who = body.user ? body.user.username : null;
-    if (ended && (username === null || who !== username)) {
-      location.reload();      // signed in as someone else, or as nobody known: not their page
+    // Someone else now (or, after an end, someone the page never knew): the
+    // page and its unsaved work are not theirs. Nothing held is sent.
+    if (username !== null ? who !== username : ended) {
+      waiting = [];
+      location.reload();
       return;
     }
     username = who;
@@ -133,17 +137,21 @@
     if (body.monitor) settings = body.monitor;
     if (ended) hideOverlay();
     ended = false;
-    var go = waiting; waiting = [];
-    go.forEach(function (resume) { resume(); });
+    // Held requests go again, those refused before this answer was asked.
+    var still = [];
+    waiting.forEach(function (held) { if (held.at <= asked) held.resume(); else still.push(held); });
+    waiting = still;
     if (body.alerts) showAlerts(body.alerts);
     render();
     schedule();
   }
 
-  function end(body) {
+  function end(body, asked) {
+    if (asked < learntAt) return;      // a later answer said it was alive
+    schedule();                        // keep looking, whatever happens
     if (ended) return;
     ended = true;
-    endedAt = Date.now();
+    endedAt = asked;
     state = null;
     hideBar();
     showOverlay(body && body.reason_text);
@@ -175,18 +183,23 @@
   function check() {
     clearTimeout(timer);
     timer = null;
-    if (inflight) return;
+    if (inflight) { again = true; return; }   // once this one answers, look again
     inflight = true;
     var asked = Date.now();
     var url = prefix + "/api/session?alerts=" + since().toFixed(3);
-    send(url, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
+    var options = { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } };
+    if (AbortSignal.timeout) options.signal = AbortSignal.timeout(15000);
+    send(url, options)
       .then(function (r) {
         return r.json().catch(function () { return null; }).then(function (body) {
-          inflight = false;
-          answered(r.status, body, asked);
+          return [r.status, body];
         });
-      })
-      .catch(function () { inflight = false; answered(0, null, asked); });
+      }, function () { return [0, null]; })
+      .then(function (result) {
+        inflight = false;
+        answered(result[0], result[1], asked);
+        if (again) { again = false; check(); }
+      });
   }
 
   function answered(status, body, asked) {
@@ -197,8 +210,8 @@
       if (!timer) schedule();     // an answer it could not use: keep looking
     } else if (status === 401) {
       failures = 0;
-      share({ type: "ended", body: body });
-      end(body);
+      share({ type: "ended", body: body, asked: asked });
+      end(body, asked);
     } else {
       // The gateway could not tell (503 while its store is down, or no
       // answer): ask again, less and less often, up to the usual interval.
@@ -226,7 +239,7 @@
     channel.onmessage = function (event) {
       var m = event.data || {};
       if (m.type === "state") apply(m.body, m.asked);
-      else if (m.type === "ended") end(m.body);
+      else if (m.type === "ended") end(m.body, m.asked || Date.now());
       else if (m.type === "signed-in") check();
     };
   }
@@ -369,29 +382,44 @@
   }
 
   // -- holding the page's requests while signed out -----------------------------------------
-  var REFUSED = ["SESSION_NOT_FOUND", "SESSION_EXPIRED", "SESSION_REVOKED", "SESSION_INVALID", "JWT_INVALID"];
-  function signedInAgain() { return new Promise(function (resume) { waiting.push(resume); }); }
-  function refusedByGateway(response) {
-    if (response.status !== 401) return Promise.resolve(false);
-    return response.clone().json().then(function (body) {
-      return !!body && REFUSED.indexOf(body.error) >= 0;
-    }, function () { return false; });
+  var HELD_MAX = 100;
+  function signedInAgain(signal) {
+    return new Promise(function (resume, fail) {
+      if (signal && signal.aborted) { fail(signal.reason); return; }
+      var held = { at: Date.now(), resume: resume };
+      waiting.push(held);
+      if (signal) signal.addEventListener("abort", function () {
+        var i = waiting.indexOf(held);
+        if (i >= 0) waiting.splice(i, 1);
+        fail(signal.reason);
+      }, { once: true });
+    });
+  }
+  // A body that can be sent twice: none, or data (not a stream).
+  function replayable(input, init) {
+    var body = init && init.body;
+    if (body === undefined || body === null) {
+      return !(input instanceof Request) || input.body === null;
+    }
+    return typeof body === "string" || body instanceof Blob || body instanceof FormData ||
+      body instanceof URLSearchParams || body instanceof ArrayBuffer || ArrayBuffer.isView(body);
   }
   window.fetch = function (input, init) {
     var request;
     try { request = new Request(input, init); } catch (e) { return send(input, init); }
-    // Other sites' requests, and streamed uploads (which cannot be sent twice), pass as they are.
-    if (new URL(request.url).origin !== location.origin || (init && init.duplex)) {
-      return send(request);
+    if (new URL(request.url).origin !== location.origin || !replayable(input, init) ||
+        waiting.length >= HELD_MAX) {
+      return send(input, init);          // exactly as the app asked
     }
-    var again = request.clone();          // before the body is read by sending it
-    if (ended) return signedInAgain().then(function () { return send(again); });
+    var retry = request.clone();         // before sending reads the body
+    if (ended) return signedInAgain(request.signal).then(function () { return send(retry); });
     return send(request).then(function (response) {
-      return refusedByGateway(response).then(function (refused) {
-        if (!refused) return response;
-        check();                            // see the end now, not at the next look
-        return signedInAgain().then(function () { return send(again); });
-      });
+      // Only the gateway's own refusal: the upstream never saw the request.
+      if (response.status !== 401 || response.headers.get("Gateway-Refusal") !== "session") {
+        return response;
+      }
+      check();                           // see the end now, not at the next look
+      return signedInAgain(request.signal).then(function () { return send(retry); });
     });
   };
 
