@@ -346,3 +346,15 @@ async def test_a_held_request_can_still_be_aborted(notes, browser):
         setTimeout(() => stop.abort(), 100);
     """)
     assert outcome == "AbortError"
+
+
+async def test_the_monitor_leaves_the_pages_own_requests_intact(notes, browser):
+    """A Request object with a body (as JupyterLab sends) goes out untouched."""
+    client, clock, base, polls = await notes()
+    await asyncio.to_thread(open_notes, browser, base)
+    status = await asyncio.to_thread(browser.execute_async_script, """
+        const done = arguments[arguments.length - 1];
+        fetch(new Request('/api/save', {method: 'POST', body: 'from a Request'}))
+          .then(r => done(r.status), e => done(String(e)));
+    """)
+    assert status == 200 and client.saved == ["from a Request"]

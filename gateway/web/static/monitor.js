@@ -404,13 +404,19 @@
     return typeof body === "string" || body instanceof Blob || body instanceof FormData ||
       body instanceof URLSearchParams || body instanceof ArrayBuffer || ArrayBuffer.isView(body);
   }
+  function sameOrigin(input) {
+    try {
+      return new URL(input instanceof Request ? input.url : String(input), location.href).origin === location.origin;
+    } catch (e) { return false; }
+  }
   window.fetch = function (input, init) {
-    var request;
-    try { request = new Request(input, init); } catch (e) { return send(input, init); }
-    if (new URL(request.url).origin !== location.origin || !replayable(input, init) ||
-        waiting.length >= HELD_MAX) {
+    // Decided before anything touches the request: building a Request from
+    // one with a body uses that body up.
+    if (!sameOrigin(input) || !replayable(input, init) || waiting.length >= HELD_MAX) {
       return send(input, init);          // exactly as the app asked
     }
+    var request;
+    try { request = new Request(input, init); } catch (e) { return send(input, init); }
     var retry = request.clone();         // before sending reads the body
     if (ended) return signedInAgain(request.signal).then(function () { return send(retry); });
     return send(request).then(function (response) {
