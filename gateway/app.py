@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from .audit.trail import AuditTrail
 from .proxy.access import Router
 from .auth.assertion import AssertionSigner, load_or_create_key
 from .config import Config, IdentityHeaders, origin_of
@@ -73,8 +74,10 @@ def create_app(config: Config, store: SessionStore | None = None,
             response_guard=ResponseGuard(own_cookies),
             public_origin=origin_of(config.public_url),
             locator=locator,
-            monitor_tag=script_tag(config.prefix))
+            monitor_tag=script_tag(config.prefix),
+            audit=AuditTrail(config, session_store, background.spawn, client))
         app[GATEWAY] = gw
+        gw.sessions.events.subscribe(gw.audit.record)
         users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),
                                                       "end sessions of lost users")
         background.spawn(gw.sessions.follow_revocations(), "revocation feed")
@@ -84,7 +87,14 @@ def create_app(config: Config, store: SessionStore | None = None,
         try:
             yield
         finally:
+            # What the audit trail still holds is written, within bounds:
+            # nothing may hold up a shutdown.
+            try:
+                await asyncio.wait_for(gw.audit.flush(), 5)
+            except TimeoutError:
+                log.error("audit: events still queued at shutdown were not written")
             await background.close()
+            gw.audit.close()
             await client.close()
             await session_store.close()
             users.close()

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .audit.trail import AuditTrail
 from .auth.assertion import AssertionSigner
 from .auth.geo import Locator
 from .auth.sessions import SessionService
@@ -71,6 +72,8 @@ class Gateway:
     locator: Locator | None
     # The session monitor's script tag, added to pages of upstreams that ask.
     monitor_tag: bytes
+    # The audit trail, fed by the session event stream.
+    audit: AuditTrail
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

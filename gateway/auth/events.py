@@ -20,17 +20,31 @@ log = logging.getLogger("gateway.events")
 
 STARTED = "session.started"
 ENDED = "session.ended"
+SIGN_IN_FAILED = "login.failure"
+LOGGED_OUT_BY_ADMIN = "user.logged_out_by_admin"
+LOCKED = "user.locked"
+UNLOCKED = "user.unlocked"
+USERS_RELOADED = "users.reloaded"
 
 
 @dataclass(frozen=True)
 class SessionEvent:
-    type: str               # STARTED | ENDED | security.*
-    session: Session
+    """Something that happened to a session, or to a user without one
+    (``session`` None: a failed sign-in, a lock, a users-file reload)."""
+    type: str               # STARTED | ENDED | security.* | the user-level types above
+    session: Session | None
     at: float               # unix seconds
     actor: str              # who did it: the username, "admin:<name>", "cli", "system", "users-file"
     status: str = "ACTIVE"  # for ENDED: LOGGED_OUT | REVOKED | EXPIRED
-    reason: str = ""        # for ENDED: an Ending reason
+    reason: str = ""        # for ENDED: an Ending reason; for a failed sign-in, why
     details: Mapping[str, str] = field(default_factory=dict)   # for security.*: the finding
+    user: str = ""          # the subject user when there is no session
+    ip: str = ""            # the client's address when there is no session
+    user_agent: str = ""
+
+    @property
+    def subject(self) -> str:
+        return self.session.username if self.session else self.user
 
 
 class Events:

@@ -30,11 +30,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, REVOKED_BY_ADMIN, REVOKED_BY_USER,
-                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, Ending, Session, SessionStore,
-                     StoreUnavailable)
+from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
+                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED, Ending, Session,
+                     SessionStore, StoreUnavailable)
 from .cache import SessionCache
-from .events import ENDED, STARTED, Events, SessionEvent
+from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, SIGN_IN_FAILED, STARTED, UNLOCKED,
+                     Events, SessionEvent)
 if TYPE_CHECKING:
     from .geo import Locator
     from .security import SecurityWatch
@@ -64,7 +65,7 @@ NOTICES = {
 _NOTICE_OF = {IDLE.reason: "idle", ABSOLUTE.reason: "expired",
               SESSION_LIMIT.reason: "session_limit", IP_CHANGED.reason: "security",
               UA_CHANGED.reason: "security", REVOKED_BY_USER.reason: "signed_out_elsewhere",
-              REVOKED_BY_ADMIN.reason: "admin"}
+              REVOKED_BY_ADMIN.reason: "admin", USER_LOCKED.reason: "admin"}
 
 # How long a password re-entered for a sensitive action counts, at least.
 REENTRY_MIN = 60.0
@@ -168,6 +169,56 @@ class SessionService:
                 log.warning("security events of a sign-in of %s not checked: store "
                             "unavailable (%s)", user.key, exc)
         return session
+
+    async def sign_in(self, username: str, password: str, *, remember: bool, ip: str,
+                      user_agent: str, make_room: bool = False,
+                      replacing: Session | None = None) -> tuple[User, Session] | None:
+        """Check the password and start a session; None when refused (a wrong
+        password, an unknown, disabled or locked user: one answer for all,
+        the reason kept for the audit trail). ``replacing``, the caller's
+        current session, is signed out first (so it frees its place under
+        the cap). AtCapacity propagates."""
+        assert self.users is not None, "not in an operator tool"
+        user, why = await self.users.check(username, password)
+        if user is not None and await self.store.is_locked(user.key):
+            user, why = None, "locked"
+        if user is None:
+            self.events.emit(SessionEvent(SIGN_IN_FAILED, None, self.clock(), actor=SYSTEM,
+                                          reason=why, user=username.strip().casefold()[:128],
+                                          ip=ip, user_agent=user_agent[:512]))
+            return None
+        if replacing is not None:
+            await self.end(replacing.username, replacing.id, LOGOUT, actor=replacing.username)
+        session = await self.start(user, remember=remember, ip=ip, user_agent=user_agent,
+                                   make_room=make_room)
+        # A lock that landed while this sign-in was under way ends it too.
+        if await self.store.is_locked(user.key):
+            await self.end(user.key, session.id, USER_LOCKED, SYSTEM)
+            return None
+        return user, session
+
+    # -- admins ------------------------------------------------------------
+    async def lock(self, username: str, actor: str) -> int:
+        """Lock a user (held in the store until unlocked) and end every session
+        of theirs at once; returns how many ended."""
+        if await self.store.set_locked(username, True, actor, self.clock()):
+            self.events.emit(SessionEvent(LOCKED, None, self.clock(), actor=actor,
+                                          user=username))
+        return await self.end_all(username, USER_LOCKED, actor)
+
+    async def unlock(self, username: str, actor: str) -> bool:
+        changed = await self.store.set_locked(username, False, actor, self.clock())
+        if changed:
+            self.events.emit(SessionEvent(UNLOCKED, None, self.clock(), actor=actor,
+                                          user=username))
+        return changed
+
+    async def log_out_user(self, username: str, actor: str) -> int:
+        """Force logout: every session of the user, on every worker at once."""
+        ended = await self.end_all(username, REVOKED_BY_ADMIN, actor)
+        self.events.emit(SessionEvent(LOGGED_OUT_BY_ADMIN, None, self.clock(), actor=actor,
+                                      user=username, details={"sessions": str(ended)}))
+        return ended
 
     # -- end -------------------------------------------------------------
     async def end(self, username: str, sid: str, ending: Ending, actor: str) -> bool:

@@ -176,7 +176,12 @@ class UserDirectory:
             self.on_lost(lost)
 
     async def verify(self, username: str, password: str) -> User | None:
-        """The user if the password is right and the user may sign in, else None.
+        """The user if the password is right and the user may sign in, else None."""
+        return (await self.check(username, password))[0]
+
+    async def check(self, username: str, password: str) -> tuple[User | None, str]:
+        """``(user, "ok")``, or ``(None, why)``: "unknown_user", "bad_password" or
+        "disabled", for the audit trail only, never for the person signing in.
 
         Every path costs one argon2 verification, so the answer's timing
         does not tell unknown, disabled and wrong-password apart.
@@ -185,9 +190,13 @@ class UserDirectory:
         stored = user.password_hash if user else self._dummy_hash
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(self._pool, self._check, stored, password)
-        if not ok or user is None or user.disabled:
-            return None
-        return user
+        if user is None:
+            return None, "unknown_user"
+        if not ok:
+            return None, "bad_password"
+        if user.disabled:
+            return None, "disabled"
+        return user, "ok"
 
     def _check(self, stored: str, password: str) -> bool:
         try:

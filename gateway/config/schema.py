@@ -115,6 +115,26 @@ class SecurityEvents:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    roles: tuple[str, ...] = key(["admin"], v.role_list)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str | None = key(None, v.optional_url(("http", "https")))
+    events: tuple[str, ...] = key(["*"], v.lowercase_list)
+    timeout: float = key("5s", v.duration(minimum=1))
+    queue: int = key(1000, v.integer(minimum=1))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    retention: float = key("90d", v.duration(minimum=60))
+    file: str | None = key(None, v.optional_string)
+    webhook: WebhookConfig = section(WebhookConfig)
+
+
+@dataclass(frozen=True)
 class UsersConfig:
     file: str = key(None, v.string, required=True)
 
@@ -166,6 +186,8 @@ class Config:
     access_log: bool = key(False, v.boolean)
     session: SessionConfig = section(SessionConfig)
     security_events: SecurityEvents = section(SecurityEvents)
+    admin: AdminConfig = section(AdminConfig)
+    audit: AuditConfig = section(AuditConfig)
     users: UsersConfig = section(UsersConfig)
     limits: Limits = section(Limits)
     headers: IdentityHeaders = section(IdentityHeaders)
@@ -183,6 +205,13 @@ class Config:
     def assertion_key_file(self) -> Path:
         """``assertion.key_file``, by default next to the config file."""
         return self.base_dir / (self.assertion.key_file or "gateway-assertion-key.pem")
+
+    @property
+    def audit_file(self) -> Path | None:
+        """``audit.file``; "-" (standard output) is kept as written."""
+        if self.audit.file in (None, "-"):
+            return None if self.audit.file is None else Path("-")
+        return self.base_dir / self.audit.file
 
     @property
     def geoip_database(self) -> Path | None:

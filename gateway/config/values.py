@@ -130,6 +130,11 @@ def lowercase_list(v: Any) -> tuple[str, ...]:
     return tuple(item.lower() for item in str_list(v))
 
 
+def optional_url(schemes: tuple[str, ...]) -> Callable[[Any], str | None]:
+    parse = url(schemes)
+    return lambda v: None if v is None else parse(v)
+
+
 def secret(v: Any) -> str:
     text = string(v)
     if len(text.encode()) < 32:

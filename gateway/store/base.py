@@ -43,6 +43,7 @@ REVOKED_BY_USER = Ending(REVOKED, "revoked_by_user")
 REVOKED_BY_ADMIN = Ending(REVOKED, "revoked_by_admin")   # the admin console or the CLI
 SESSION_LIMIT = Ending(REVOKED, "session_limit")
 USER_DISABLED = Ending(REVOKED, "user_disabled")          # disabled or removed in the users file
+USER_LOCKED = Ending(REVOKED, "user_locked")              # locked by an admin
 IP_CHANGED = Ending(REVOKED, "ip_changed")               # security_events.ip_changed: end
 UA_CHANGED = Ending(REVOKED, "ua_changed")               # security_events.ua_changed: end
 IDLE = Ending(EXPIRED, "idle")
@@ -187,9 +188,12 @@ class EndedSession:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a listing; ``next_cursor`` is None on the last page."""
+    """One page of a listing; ``next_cursor`` is None on the last page.
+    ``cursors[i]`` resumes just after ``sessions[i]`` (a filtered listing
+    that stops inside a page goes on from there)."""
     sessions: list[Session]
     next_cursor: str | None
+    cursors: list[str] = field(default_factory=list)
 
 
 class SessionStore(ABC):
@@ -260,6 +264,30 @@ class SessionStore(ABC):
     @abstractmethod
     async def security_events(self, username: str, since: float) -> list[dict[str, Any]]:
         """The user's security events after ``since``, most recent first (at most 100)."""
+
+    # -- locks (admin console): held until unlocked, across restarts --------------
+    @abstractmethod
+    async def set_locked(self, username: str, locked: bool, actor: str, now: float) -> bool:
+        """Lock or unlock a user; returns whether that changed anything."""
+
+    @abstractmethod
+    async def locks(self) -> dict[str, dict[str, Any]]:
+        """Every locked user: ``{username: {"by": actor, "at": unix seconds}}``."""
+
+    @abstractmethod
+    async def is_locked(self, username: str) -> bool:
+        """Whether a user is locked (one read, at sign-in)."""
+
+    # -- the audit trail: append-only, trimmed after ``retention`` -------------------
+    @abstractmethod
+    async def audit_append(self, records: list[dict[str, Any]], retention: float) -> None:
+        """Append records (JSON-able) in one round trip; entries older than
+        ``retention`` seconds are trimmed, approximately."""
+
+    @abstractmethod
+    async def audit_page(self, before: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``count`` entries older than the entry id ``before`` (None: the
+        newest), newest first, as ``(entry id, record)``."""
 
     @abstractmethod
     async def ping(self) -> None:

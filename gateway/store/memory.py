@@ -8,6 +8,7 @@ test suite runs against both. Lost on restart, by design.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -28,6 +29,9 @@ class MemorySessionStore(SessionStore):
         # Security events: per user (time, record); per session the marks
         # already recorded, and until when they are kept.
         self._alerts: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self._locks: dict[str, dict[str, Any]] = {}
+        self._audit: deque[tuple[str, dict[str, Any]]] = deque()
+        self._audit_ms, self._audit_seq = 0, 0
         self._marks: dict[str, tuple[float, set[str]]] = {}
 
     async def create(self, session: Session, cap: int, history: float,
@@ -113,8 +117,9 @@ class MemorySessionStore(SessionStore):
             ordered = [k for k in ordered if k < after]
         page = [self._sessions[sid] for _, sid in ordered[:limit]]
         more = len(ordered) > limit
+        cursors = [encode_cursor(s.last_seen_at, s.id) for s in page]
         return Page([replace(s, extra=dict(s.extra)) for s in page],
-                    encode_cursor(page[-1].last_seen_at, page[-1].id) if more else None)
+                    cursors[-1] if more else None, cursors)
 
     async def add_security_event(self, username: str, sid: str, mark: str,
                                  record: dict[str, Any] | None, keep: float,
@@ -136,6 +141,44 @@ class MemorySessionStore(SessionStore):
 
     async def security_events(self, username: str, since: float) -> list[dict[str, Any]]:
         return [dict(r) for t, r in reversed(self._alerts.get(username, [])) if t > since]
+
+    async def set_locked(self, username: str, locked: bool, actor: str, now: float) -> bool:
+        if locked == (username in self._locks):
+            return False
+        if locked:
+            self._locks[username] = {"by": actor, "at": now}
+        else:
+            del self._locks[username]
+        return True
+
+    async def locks(self) -> dict[str, dict[str, Any]]:
+        return {u: dict(v) for u, v in self._locks.items()}
+
+    async def is_locked(self, username: str) -> bool:
+        return username in self._locks
+
+    async def audit_append(self, records: list[dict[str, Any]], retention: float) -> None:
+        now_ms = int(self._clock() * 1000)
+        for record in records:
+            if now_ms > self._audit_ms:
+                self._audit_ms, self._audit_seq = now_ms, 0
+            else:                       # same millisecond (or a clock set back): next seq
+                self._audit_seq += 1
+            self._audit.append((f"{self._audit_ms}-{self._audit_seq}", dict(record)))
+        oldest = f"{now_ms - int(retention * 1000)}-0"
+        while self._audit and _entry_key(self._audit[0][0]) < _entry_key(oldest):
+            self._audit.popleft()
+
+    async def audit_page(self, before: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        limit = _entry_key(before) if before else None
+        for entry_id, record in reversed(self._audit):
+            if limit is not None and _entry_key(entry_id) >= limit:
+                continue
+            out.append((entry_id, dict(record)))
+            if len(out) >= count:
+                break
+        return out
 
     async def ping(self) -> None:
         return None
@@ -161,3 +204,9 @@ class MemorySessionStore(SessionStore):
             del self._ended[sid], self._ended_until[sid]
         for sid in [sid for sid, (until, _) in self._marks.items() if until <= now]:
             del self._marks[sid]
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    """An entry id ("<ms>-<seq>", as Redis streams write them) for comparing."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -17,6 +17,8 @@ the per-user scripts stay legal there):
     gw:all             sorted set of every session (``tag:sid``), by last
                        activity: the paged global listing
     gw:revoked         pub/sub channel: the id of every ended session
+    gw:locks           hash: locked users (admin console), no TTL
+    gw:audit           stream: the audit trail, trimmed to ``audit.retention``
 
 Every key carries a TTL (``gw:all`` is pruned instead), so nothing outlives
 its purpose if a gateway dies. TTLs are relative (PEXPIRE), so the
@@ -463,10 +465,10 @@ class RedisSessionStore(SessionStore):
             start += len(batch) - dangling
             if len(batch) < want:
                 break
+        cursors = [encode_cursor(score, member) for _, score, member in found[:limit]]
         if len(found) <= limit:
-            return Page([s for s, _, _ in found], None)
-        _, score, member = found[limit - 1]
-        return Page([s for s, _, _ in found[:limit]], encode_cursor(score, member))
+            return Page([s for s, _, _ in found], None, cursors)
+        return Page([s for s, _, _ in found[:limit]], cursors[-1], cursors)
 
     async def _position_after(self, after: tuple[float, str]) -> int:
         """Where the page after the cursor's entry starts. If that entry moved
@@ -573,6 +575,61 @@ class RedisSessionStore(SessionStore):
             if isinstance(event, dict):
                 events.append(event)
         return events
+
+    # -- locks and the audit trail ------------------------------------------------------
+    @property
+    def locks_key(self) -> str:
+        return f"{self.prefix}:locks"
+
+    @property
+    def audit_key(self) -> str:
+        return f"{self.prefix}:audit"
+
+    async def set_locked(self, username: str, locked: bool, actor: str, now: float) -> bool:
+        if locked:
+            meta = json.dumps({"by": actor, "at": now})
+            return bool(await self._call(lambda: self.redis.hsetnx(self.locks_key, username,
+                                                                   meta)))
+        return bool(await self._call(lambda: self.redis.hdel(self.locks_key, username)))
+
+    async def locks(self) -> dict[str, dict[str, Any]]:
+        raw = await self._call(lambda: self.redis.hgetall(self.locks_key))
+        out: dict[str, dict[str, Any]] = {}
+        for user, meta in raw.items():
+            try:
+                value = json.loads(meta)
+            except ValueError:
+                value = {}
+            out[user.decode()] = value if isinstance(value, dict) else {}
+        return out
+
+    async def is_locked(self, username: str) -> bool:
+        return bool(await self._call(lambda: self.redis.hexists(self.locks_key, username)))
+
+    async def audit_append(self, records: list[dict[str, Any]], retention: float) -> None:
+        oldest = int((self.clock() - retention) * 1000)
+
+        async def run() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for record in records:
+                    pipe.xadd(self.audit_key, {"e": json.dumps(record, separators=(",", ":"))},
+                              minid=oldest, approximate=True)
+                await pipe.execute()
+        await self._call(run)
+
+    async def audit_page(self, before: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
+        top = f"({before}" if before else "+"
+        raw = await self._call(lambda: self.redis.xrevrange(self.audit_key, top, "-",
+                                                            count=count))
+        out: list[tuple[str, dict[str, Any]]] = []
+        for entry_id, fields in raw:
+            try:
+                record = json.loads(fields.get(b"e", b"{}"))
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append((entry_id.decode(), record))
+        return out
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)

@@ -15,7 +15,7 @@ from ..auth.cookies import NOTICE_COOKIE, clear_session_cookie, set_notice, set_
 from ..auth.sessions import NOTICES, AuthError, Identity
 from ..errors import MESSAGES, error_response, json_error, json_response, store_unavailable
 from ..state import Gateway
-from ..store import LOGOUT, AtCapacity, StoreUnavailable
+from ..store import LOGOUT, AtCapacity, Session, StoreUnavailable
 from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of,
                      json_object, render, same_origin, see_other)
 from .redirects import safe_redirect
@@ -33,19 +33,18 @@ async def sign_in(request: web.Request, gw: Gateway, username: str, password: st
     """
     if len(username) > MAX_FIELD or len(password) > MAX_FIELD:
         return None
-    user = await gw.users.verify(username, password)
     ip, agent = client_of(request, gw)
-    if user is None:
+    try:
+        previous: Session | None = (await current_identity(request, gw)).session
+    except AuthError:
+        previous = None
+    signed_in = await gw.sessions.sign_in(username, password, remember=remember, ip=ip,
+                                          user_agent=agent, make_room=make_room,
+                                          replacing=previous)
+    if signed_in is None:
         log.info("login failed from %s", ip)
         return None
-    try:
-        previous = await current_identity(request, gw)
-        await gw.sessions.end(previous.session.username, previous.session.id, LOGOUT,
-                              actor=previous.session.username)
-    except AuthError:
-        pass
-    session = await gw.sessions.start(user, remember=remember, ip=ip, user_agent=agent,
-                                      make_room=make_room)
+    user, session = signed_in
     log.info("login %s from %s", user.username, ip)
     return Identity(user=user, session=session)
 

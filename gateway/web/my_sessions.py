@@ -67,7 +67,7 @@ def reason_text(record: EndedSession) -> str:
     }.get(record.reason, "Ended.")
 
 
-def _details(gw: Gateway, s: Session, devices: dict[str, Device]) -> dict[str, Any]:
+def session_details(gw: Gateway, s: Session, devices: dict[str, Device]) -> dict[str, Any]:
     device = devices[s.user_agent]
     return {
         **session_times(s),
@@ -94,9 +94,9 @@ async def listing(gw: Gateway, identity: Identity) -> tuple[list[dict[str, Any]]
     # milliseconds, so all of them are parsed in one trip off the event loop.
     agents = {s.user_agent for s in live} | {e.session.user_agent for e in ended}
     devices = await asyncio.to_thread(lambda: {ua: describe(ua) for ua in agents})
-    return ([{**_details(gw, s, devices), "current": s.id == current, "status": "ACTIVE"}
+    return ([{**session_details(gw, s, devices), "current": s.id == current, "status": "ACTIVE"}
              for s in live],
-            [{**_details(gw, e.session, devices), "current": False, "status": e.status,
+            [{**session_details(gw, e.session, devices), "current": False, "status": e.status,
               "ended_at": iso(e.ended_at), "reason": e.reason, "reason_text": reason_text(e)}
              for e in ended],
             alerts)

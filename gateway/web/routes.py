@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config import Config
 from ..errors import HTTP1, error_response, refuse_version
-from . import login, machine, monitor, my_sessions, session_api
+from . import admin, login, machine, monitor, my_sessions, session_api
 from .guards import Handler
 
 FORM_COOKIE = "gateway_form"
@@ -54,6 +54,13 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
         "/api/sessions/revoke-others": {"POST": my_sessions.api_revoke_others},
         "/api/sessions/revoke-all": {"POST": my_sessions.api_revoke_all},
         "/api/sessions/{sid}": {"DELETE": my_sessions.api_revoke_one},
+        "/api/admin/sessions": {"GET": admin.api_sessions},
+        "/api/admin/sessions/{sid}": {"GET": admin.api_session, "DELETE": admin.api_revoke},
+        "/api/admin/users": {"GET": admin.api_users},
+        "/api/admin/users/{username}/logout": {"POST": admin.api_logout_user},
+        "/api/admin/users/{username}/lock": {"POST": admin.api_lock},
+        "/api/admin/users/{username}/unlock": {"POST": admin.api_unlock},
+        "/api/admin/audit": {"GET": admin.api_audit},
         "/monitor.js": {"GET": monitor.script},
         "/monitor/signed-in": {"GET": monitor.signed_in},
         "/jwks.json": {"GET": machine.jwks},

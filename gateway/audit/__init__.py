@@ -1,0 +1,1 @@
+"""The audit trail: what happened, who did it, kept append-only."""

@@ -1,0 +1,330 @@
+"""The admin console's JSON API: live sessions, force logout, locks, the audit trail.
+
+    GET    /api/admin/sessions?user=&ip=&device=&status=&cursor=&limit=
+    GET    /api/admin/sessions/{id}            one session, with its audit events
+    DELETE /api/admin/sessions/{id}            {"revoked": 1}
+    POST   /api/admin/users/{username}/logout  {"revoked": n}
+    POST   /api/admin/users/{username}/lock    {"locked": true, "revoked": n}
+    POST   /api/admin/users/{username}/unlock  {"locked": false}
+    GET    /api/admin/users                    the users file's accounts, with locks
+    GET    /api/admin/audit?user=&type=&ip=&since=&until=&cursor=&limit=&format=json|csv
+
+Every request checks the caller's role against ``admin.roles`` (from the
+users file, so a removed role takes effect at once): 401 without a
+session, 403 FORBIDDEN without the role. Changes need this site's Origin
+and a JSON body (a cross-site page cannot send one without a preflight);
+the destructive ones ask for the password again once the sign-in is older
+than ``session.reauth_after``. Everything ends through the one lifecycle,
+so the audit trail records the admin as the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+from ..auth.devices import describe
+from ..auth.security import fingerprint
+from ..auth.sessions import Identity
+from ..errors import json_error, json_response
+from ..state import Gateway
+from ..store import REVOKED_BY_ADMIN, StoreUnavailable
+from .guards import api_identity, gateway_of, same_origin
+from .my_sessions import _api_password, _reauth_refusal, session_details
+
+MAX_LIMIT = 500
+# At most this many entries are read to fill one filtered page; the page
+# says where it stopped (next_cursor) so the next request goes on from there.
+SCAN_BUDGET = 5_000
+
+
+def actor_of(identity: Identity) -> str:
+    return f"admin:{identity.user.key}"
+
+
+async def admin_identity(request: web.Request, gw: Gateway) -> Identity | web.Response:
+    identity = await api_identity(request, gw)
+    if isinstance(identity, web.Response):
+        return identity
+    if not set(identity.user.roles) & set(gw.config.admin.roles):
+        return json_error(403, "FORBIDDEN", "This needs an administrator's role.")
+    return identity
+
+
+def _no_store(body: dict[str, Any], status: int = 200) -> web.Response:
+    return json_response(status, body, headers={"Cache-Control": "no-store"})
+
+
+def _limit(request: web.Request, default: int = 50) -> int | web.Response:
+    raw = request.query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        return json_error(400, "BAD_REQUEST", f"limit must be a whole number 1-{MAX_LIMIT}.")
+    return int(raw)
+
+
+# -- sessions ----------------------------------------------------------------------
+
+async def api_sessions(request: web.Request) -> web.Response:
+    gw = gateway_of(request)
+    limit = _limit(request)
+    if isinstance(limit, web.Response):
+        return limit
+    q = request.query
+    user, ip, device = q.get("user", "").strip().casefold(), q.get("ip", ""), q.get("device", "")
+    status = q.get("status", "ACTIVE").upper()
+    if status != "ACTIVE":
+        return json_error(400, "BAD_REQUEST", "status: live sessions are ACTIVE; ended ones "
+                                              "are in the audit trail and the user's history.")
+    try:
+        identity = await admin_identity(request, gw)
+        if isinstance(identity, web.Response):
+            return identity
+        now = gw.sessions.clock()
+
+        def keep(s: Any) -> bool:
+            return (s.alive(now) and (not ip or s.ip == ip) and
+                    (not device or device.lower() in describe(s.user_agent).text().lower()))
+        found: list[Any] = []
+        next_cursor: str | None = None
+        if user:
+            mine = await gw.store.user_sessions(user)
+            found = sorted(await asyncio.to_thread(lambda: [s for s in mine if keep(s)]),
+                           key=lambda s: -s.last_seen_at)[:limit]
+        else:
+            cursor, scanned = q.get("cursor") or None, 0
+            while cursor is not None or scanned == 0:
+                page = await gw.store.list_sessions(cursor, max(limit, 100))
+                scanned += max(1, len(page.sessions))
+                cursor = page.next_cursor
+                # User-Agents are parsed for the device filter: off the event loop.
+                kept = await asyncio.to_thread(lambda: [keep(s) for s in page.sessions])
+                for s, after, ok in zip(page.sessions, page.cursors, kept):
+                    if ok:
+                        found.append(s)
+                        if len(found) == limit:   # resume just after it
+                            cursor = after if (after != page.cursors[-1]
+                                               or page.next_cursor) else None
+                            break
+                if len(found) == limit or scanned >= SCAN_BUDGET:
+                    break
+            next_cursor = cursor
+        locks = await gw.store.locks()
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    except ValueError:
+        return json_error(400, "BAD_REQUEST", "cursor is not one this gateway gave out.")
+    devices = await asyncio.to_thread(lambda: {s.user_agent: describe(s.user_agent)
+                                               for s in found})
+    return _no_store({"sessions": [{**session_details(gw, s, devices), "user": s.username,
+                                    "status": "ACTIVE", "locked": s.username in locks}
+                                   for s in found],
+                      "next_cursor": next_cursor})
+
+
+async def api_session(request: web.Request) -> web.Response:
+    gw = gateway_of(request)
+    try:
+        identity = await admin_identity(request, gw)
+        if isinstance(identity, web.Response):
+            return identity
+        session = await gw.store.find(request.match_info["sid"])
+        if session is None:
+            return json_error(404, "SESSION_NOT_FOUND")
+        mark = fingerprint(session.id)
+        events = [r for _, r in await gw.store.audit_page(None, SCAN_BUDGET)
+                  if r.get("session") == mark]
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    devices = await asyncio.to_thread(lambda: {session.user_agent: describe(session.user_agent)})
+    return _no_store({"session": {**session_details(gw, session, devices),
+                                  "user": session.username, "status": "ACTIVE"},
+                      "events": events})
+
+
+async def _change(request: web.Request, destructive: bool) -> tuple[Gateway, Identity] | web.Response:
+    """What every admin change checks first: Origin, a JSON body if any, the
+    role, and for destructive ones the password when re-entry is due."""
+    gw = gateway_of(request)
+    if not same_origin(request, gw):
+        return json_error(403, "FORBIDDEN", "Cross-site request refused.")
+    password = await _api_password(request)
+    if isinstance(password, web.Response):
+        return password
+    identity = await admin_identity(request, gw)
+    if isinstance(identity, web.Response):
+        return identity
+    if destructive and (refusal := await _reauth_refusal(gw, identity, password)) is not None:
+        return refusal
+    return gw, identity
+
+
+async def api_revoke(request: web.Request) -> web.Response:
+    try:
+        checked = await _change(request, destructive=True)
+        if isinstance(checked, web.Response):
+            return checked
+        gw, identity = checked
+        session = await gw.store.find(request.match_info["sid"])
+        if session is None or not await gw.sessions.end(session.username, session.id,
+                                                         REVOKED_BY_ADMIN, actor_of(identity)):
+            return json_error(404, "SESSION_NOT_FOUND")
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    return _no_store({"revoked": 1})
+
+
+def _target(request: web.Request) -> str:
+    return request.match_info["username"].strip().casefold()
+
+
+async def api_logout_user(request: web.Request) -> web.Response:
+    try:
+        checked = await _change(request, destructive=True)
+        if isinstance(checked, web.Response):
+            return checked
+        gw, identity = checked
+        ended = await gw.sessions.log_out_user(_target(request), actor_of(identity))
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    return _no_store({"revoked": ended})
+
+
+async def api_lock(request: web.Request) -> web.Response:
+    try:
+        checked = await _change(request, destructive=True)
+        if isinstance(checked, web.Response):
+            return checked
+        gw, identity = checked
+        ended = await gw.sessions.lock(_target(request), actor_of(identity))
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    return _no_store({"locked": True, "revoked": ended})
+
+
+async def api_unlock(request: web.Request) -> web.Response:
+    try:
+        checked = await _change(request, destructive=False)
+        if isinstance(checked, web.Response):
+            return checked
+        gw, identity = checked
+        await gw.sessions.unlock(_target(request), actor_of(identity))
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    return _no_store({"locked": False})
+
+
+async def api_users(request: web.Request) -> web.Response:
+    gw = gateway_of(request)
+    try:
+        identity = await admin_identity(request, gw)
+        if isinstance(identity, web.Response):
+            return identity
+        locks = await gw.store.locks()
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    users = [{**u.public(), "disabled": u.disabled, "locked": u.key in locks,
+              "locked_by": locks.get(u.key, {}).get("by")} for u in gw.users.all()]
+    # Locks of accounts the users file no longer has are shown too.
+    known = {u.key for u in gw.users.all()}
+    users += [{"username": name, "locked": True, "locked_by": meta.get("by"),
+               "in_users_file": False} for name, meta in locks.items() if name not in known]
+    return _no_store({"users": users})
+
+
+# -- the audit trail -------------------------------------------------------------------
+
+def _time(value: str) -> float | None:
+    """``2026-12-01T17:40:00Z``, a date, or Unix seconds."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def audit_filter(user: str = "", kind: str = "", ip: str = "", since: float | None = None,
+                 until: float | None = None) -> Any:
+    """A predicate on audit records; ``kind`` may end in ``*`` (a prefix)."""
+    def keep(record: dict[str, Any]) -> bool:
+        if user and record.get("user") != user:
+            return False
+        if kind and not (record.get("type", "").startswith(kind[:-1]) if kind.endswith("*")
+                         else record.get("type") == kind):
+            return False
+        if ip and record.get("ip") != ip:
+            return False
+        at = _time(str(record.get("time", "")))
+        return not ((since is not None and (at is None or at < since))
+                    or (until is not None and (at is None or at >= until)))
+    return keep
+
+
+async def audit_search(gw: Gateway, keep: Any, cursor: str | None, limit: int,
+                       since: float | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of matching records, newest first, and where to go on from."""
+    found: list[dict[str, Any]] = []
+    scanned = 0
+    while len(found) < limit and scanned < SCAN_BUDGET:
+        page = await gw.store.audit_page(cursor, 500)
+        if not page:
+            return found, None
+        for entry_id, record in page:
+            scanned += 1
+            cursor = entry_id
+            if keep(record):
+                found.append(record)
+                if len(found) >= limit:
+                    return found, cursor
+            if since is not None and (_time(str(record.get("time", ""))) or 0) < since:
+                return found, None          # newest first: nothing older can match
+    return found, cursor
+
+
+CSV_FIELDS = ("time", "type", "severity", "actor", "user", "session", "ip", "device",
+              "result", "details")
+
+
+async def api_audit(request: web.Request) -> web.StreamResponse:
+    gw = gateway_of(request)
+    limit = _limit(request, 100)
+    if isinstance(limit, web.Response):
+        return limit
+    q = request.query
+    since = _time(q["since"]) if q.get("since") else None
+    until = _time(q["until"]) if q.get("until") else None
+    if (q.get("since") and since is None) or (q.get("until") and until is None):
+        return json_error(400, "BAD_REQUEST", "since and until are ISO 8601 times or Unix seconds.")
+    fmt = q.get("format", "json")
+    if fmt not in ("json", "csv"):
+        return json_error(400, "BAD_REQUEST", "format is json or csv.")
+    try:
+        identity = await admin_identity(request, gw)
+        if isinstance(identity, web.Response):
+            return identity
+        keep = audit_filter(q.get("user", "").strip().casefold(), q.get("type", ""),
+                            q.get("ip", ""), since, until)
+        events, cursor = await audit_search(gw, keep, q.get("cursor") or None, limit, since)
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for e in events:
+            writer.writerow({**e, "details": ";".join(f"{k}={v}" for k, v in
+                                                      (e.get("details") or {}).items())})
+        return web.Response(text=out.getvalue(), content_type="text/csv", headers={
+            "Cache-Control": "no-store",
+            "Content-Disposition": 'attachment; filename="audit.csv"'})
+    return _no_store({"events": events, "next_cursor": cursor})
