@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -111,6 +112,9 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
     # The same lifecycle as the running gateway: ended records, the feed to
     # every worker's cache, one event; the actor is the CLI.
     service = SessionService(config, store, users=None, tokens=None, watch=False)
+    from .audit.trail import AuditTrail
+    audit = AuditTrail(config, store)
+    service.events.subscribe(audit.record)
     try:
         if args.action == "list":
             print(f"{'ID':<44} {'USER':<20} {'CREATED':<20} {'LAST SEEN':<20} IP")
@@ -125,7 +129,67 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
             ended = int(bool(found and await service.end(found.username, found.id,
                                                          REVOKED_BY_ADMIN, "cli")))
         print(f"revoked {ended} session{'s' if ended != 1 else ''}")
+        await audit.flush()
         return 0 if ended or args.user else 1
+    except StoreUnavailable:
+        print("session.redis.url: the session store is unreachable", file=sys.stderr)
+        return 1
+    finally:
+        audit.close()
+        await store.close()
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config or default_config_path())
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 1
+    if config.session.store == "memory":
+        print("session.store: the memory store keeps the audit trail inside the running "
+              "gateway; read it there (the admin console) or use session.store: redis",
+              file=sys.stderr)
+        return 1
+    return asyncio.run(_audit(config, args))
+
+
+async def _audit(config: Config, args: argparse.Namespace) -> int:
+    """One JSON object a line, oldest first."""
+    from .audit.search import audit_filter, audit_search, parse_time
+    from .store import StoreUnavailable, create_store
+    store = create_store(config.session)
+    try:
+        if args.action == "search":
+            since = parse_time(args.since) if args.since else None
+            if args.since and since is None:
+                print("--since: an ISO 8601 time or Unix seconds", file=sys.stderr)
+                return 2
+            keep = audit_filter(canonical_username(args.user) if args.user else "",
+                                args.type or "", args.ip or "", since)
+            found, cursor = await audit_search(store, keep, None, args.limit, since)
+            while cursor and len(found) < args.limit:
+                more, cursor = await audit_search(store, keep, cursor, args.limit - len(found),
+                                                  since)
+                found += more
+            for record in reversed(found):
+                print(json.dumps(record))
+            return 0 if found else 1
+        page = await store.audit_page(None, args.lines)
+        for _, record in reversed(page):
+            print(json.dumps(record), flush=True)
+        last = page[0][0] if page else None
+        while args.follow:
+            await asyncio.sleep(1)
+            newer = []
+            for entry_id, record in await store.audit_page(None, 500):
+                if entry_id == last:
+                    break
+                newer.append((entry_id, record))
+            for _, record in reversed(newer):
+                print(json.dumps(record), flush=True)
+            if newer:
+                last = newer[0][0]
+        return 0
     except StoreUnavailable:
         print("session.redis.url: the session store is unreachable", file=sys.stderr)
         return 1
@@ -187,6 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--id")
     rev.add_argument("--config", help=config_help)
     p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("audit", help="the audit trail, one JSON object a line")
+    actions = p.add_subparsers(dest="action", required=True)
+    tail = actions.add_parser("tail", help="the newest events; --follow for more as they come")
+    tail.add_argument("--lines", type=int, default=20)
+    tail.add_argument("--follow", action="store_true")
+    tail.add_argument("--config", help=config_help)
+    search = actions.add_parser("search", help="events by user, type, address and time")
+    search.add_argument("--user")
+    search.add_argument("--type", help='an event type, or a prefix ending in "*"')
+    search.add_argument("--ip")
+    search.add_argument("--since", help="ISO 8601 time or Unix seconds")
+    search.add_argument("--limit", type=int, default=1000)
+    search.add_argument("--config", help=config_help)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("demo", help="a bundled legacy app behind the gateway (no Redis needed)")
     p.add_argument("--port", type=int, default=8080)

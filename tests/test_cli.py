@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -497,3 +498,21 @@ async def test_demo_serves_the_legacy_app_behind_the_gateway(tmp_path: Path) -> 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_the_clis_revocations_are_in_the_audit_trail(tmp_path: Path,
+                                                          redis_server: Any) -> None:
+    path, made = await _sessions_in_redis(tmp_path, redis_server, 2)
+    code, _, _ = await run_cli("sessions", "revoke", "--id", made[0].id, "--config", str(path))
+    assert code == 0
+    code, out, _ = await run_cli("audit", "search", "--type", "session.*", "--config", str(path))
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    assert (code, record["type"], record["actor"], record["user"]) == \
+        (0, "session.revoked", "cli", made[0].username)
+    assert made[0].id not in out                                   # a fingerprint only
+    code, out, _ = await run_cli("audit", "tail", "--lines", "5", "--config", str(path))
+    assert code == 0 and [json.loads(x)["type"] for x in out.splitlines()] == ["session.revoked"]
+    code, out, _ = await run_cli("audit", "search", "--user", "nobody", "--config", str(path))
+    assert (code, out) == (1, "")                                  # nothing matched
+    code, _, err = await run_cli("audit", "search", "--since", "soon", "--config", str(path))
+    assert code == 2 and "--since" in err

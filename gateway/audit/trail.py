@@ -26,15 +26,16 @@ import logging
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import IO, Any
-
-import aiohttp
+from typing import IO, TYPE_CHECKING, Any
 
 from ..auth.devices import describe
 from ..auth.events import ENDED, STARTED, SessionEvent
 from ..auth.security import fingerprint
 from ..config import Config, ConfigError
 from ..store import SessionStore, StoreUnavailable
+
+if TYPE_CHECKING:      # the CLI records too, and need not load aiohttp for it
+    import aiohttp
 
 log = logging.getLogger("gateway.audit")
 
@@ -185,6 +186,7 @@ class Webhook:
     fit is dropped and counted."""
 
     def __init__(self, config: Config, client: aiohttp.ClientSession) -> None:
+        import aiohttp
         hook = config.audit.webhook
         assert hook.url is not None
         self.url = hook.url
@@ -220,6 +222,7 @@ class Webhook:
             self.delivered += 1
 
     async def _post(self, record: dict[str, Any]) -> bool:
+        import aiohttp
         try:
             async with self.client.post(self.url, data=json.dumps(record).encode(),
                                         headers={"Content-Type": "application/json"},

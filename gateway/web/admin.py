@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +34,7 @@ from ..errors import json_error, json_response
 from ..state import Gateway
 from ..store import REVOKED_BY_ADMIN, StoreUnavailable
 from .guards import api_identity, gateway_of, same_origin
+from ..audit.search import audit_filter, audit_search, parse_time
 from .my_sessions import _api_password, _reauth_refusal, session_details
 
 MAX_LIMIT = 500
@@ -238,59 +238,6 @@ async def api_users(request: web.Request) -> web.Response:
 
 # -- the audit trail -------------------------------------------------------------------
 
-def _time(value: str) -> float | None:
-    """``2026-12-01T17:40:00Z``, a date, or Unix seconds."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
-
-
-def audit_filter(user: str = "", kind: str = "", ip: str = "", since: float | None = None,
-                 until: float | None = None) -> Any:
-    """A predicate on audit records; ``kind`` may end in ``*`` (a prefix)."""
-    def keep(record: dict[str, Any]) -> bool:
-        if user and record.get("user") != user:
-            return False
-        if kind and not (record.get("type", "").startswith(kind[:-1]) if kind.endswith("*")
-                         else record.get("type") == kind):
-            return False
-        if ip and record.get("ip") != ip:
-            return False
-        at = _time(str(record.get("time", "")))
-        return not ((since is not None and (at is None or at < since))
-                    or (until is not None and (at is None or at >= until)))
-    return keep
-
-
-async def audit_search(gw: Gateway, keep: Any, cursor: str | None, limit: int,
-                       since: float | None = None) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of matching records, newest first, and where to go on from."""
-    found: list[dict[str, Any]] = []
-    scanned = 0
-    while len(found) < limit and scanned < SCAN_BUDGET:
-        page = await gw.store.audit_page(cursor, 500)
-        if not page:
-            return found, None
-        for entry_id, record in page:
-            scanned += 1
-            cursor = entry_id
-            if keep(record):
-                found.append(record)
-                if len(found) >= limit:
-                    return found, cursor
-            if since is not None and (_time(str(record.get("time", ""))) or 0) < since:
-                return found, None          # newest first: nothing older can match
-    return found, cursor
-
-
 CSV_FIELDS = ("time", "type", "severity", "actor", "user", "session", "ip", "device",
               "result", "details")
 
@@ -301,8 +248,8 @@ async def api_audit(request: web.Request) -> web.StreamResponse:
     if isinstance(limit, web.Response):
         return limit
     q = request.query
-    since = _time(q["since"]) if q.get("since") else None
-    until = _time(q["until"]) if q.get("until") else None
+    since = parse_time(q["since"]) if q.get("since") else None
+    until = parse_time(q["until"]) if q.get("until") else None
     if (q.get("since") and since is None) or (q.get("until") and until is None):
         return json_error(400, "BAD_REQUEST", "since and until are ISO 8601 times or Unix seconds.")
     fmt = q.get("format", "json")
@@ -314,7 +261,8 @@ async def api_audit(request: web.Request) -> web.StreamResponse:
             return identity
         keep = audit_filter(q.get("user", "").strip().casefold(), q.get("type", ""),
                             q.get("ip", ""), since, until)
-        events, cursor = await audit_search(gw, keep, q.get("cursor") or None, limit, since)
+        events, cursor = await audit_search(gw.store, keep, q.get("cursor") or None, limit,
+                                            since)
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
     if fmt == "csv":
