@@ -91,18 +91,24 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sessions(args: argparse.Namespace) -> int:
+def _shared_store(args: argparse.Namespace, what: str) -> Config | None:
+    """The config, when its store can be reached from outside the gateway."""
     try:
         config = load_config(args.config or default_config_path())
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
-        return 1
+        return None
     if config.session.store == "memory":
-        print("session.store: the memory store lives inside the running gateway; "
-              "sessions can only be managed from outside with session.store: redis",
+        print(f"session.store: the memory store lives inside the running gateway; "
+              f"{what} can only be reached from outside with session.store: redis",
               file=sys.stderr)
-        return 1
-    return asyncio.run(_sessions(config, args))
+        return None
+    return config
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    config = _shared_store(args, "sessions")
+    return 1 if config is None else asyncio.run(_sessions(config, args))
 
 
 async def _sessions(config: Config, args: argparse.Namespace) -> int:
@@ -140,17 +146,8 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config or default_config_path())
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return 1
-    if config.session.store == "memory":
-        print("session.store: the memory store keeps the audit trail inside the running "
-              "gateway; read it there (the admin console) or use session.store: redis",
-              file=sys.stderr)
-        return 1
-    return asyncio.run(_audit(config, args))
+    config = _shared_store(args, "the audit trail (see the admin console)")
+    return 1 if config is None else asyncio.run(_audit(config, args))
 
 
 async def _audit(config: Config, args: argparse.Namespace) -> int:

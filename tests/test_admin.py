@@ -272,3 +272,37 @@ async def test_the_redis_stream_is_trimmed_by_age(redis_server):
         assert entries[0][1] == {"n": "late"} and len(entries) <= 51
     finally:
         await store.close()
+
+
+# -- the page -----------------------------------------------------------------------------
+
+async def test_the_page_is_for_admins_and_its_forms_lock_and_unlock(console):
+    from authkit import csrf_of
+    client, admin = console
+    alice = await api_login(client)
+    r = await send(client, "GET", "/_gateway/admin", token=alice, accept="text/html")
+    assert r.status == 403
+    r = await send(client, "GET", "/_gateway/admin", accept="text/html")
+    assert r.status == 303 and "/_gateway/login" in r.headers["Location"]
+    r = await send(client, "GET", "/_gateway/admin?view=users", token=admin, accept="text/html")
+    assert r.status == 200 and "<script" not in r.text and "alice" in r.text
+    form_cookie = r.set_cookies()["gateway_form"].split(";", 1)[0]
+    csrf = csrf_of(r.text)
+
+    async def submit(**fields: str) -> Any:
+        return await send(client, "POST", "/_gateway/admin", accept="text/html",
+                          headers=[("Cookie", f"gateway_session={admin}; {form_cookie}"),
+                                   *SAME_SITE], data={"csrf_token": csrf, **fields})
+    r = await submit(action="lock", user="alice", view="users")
+    assert r.status == 200 and "Locked alice; 1 session ended." in r.text
+    assert (await send(client, "GET", "/x", token=alice)).status == 401
+    r = await submit(action="unlock", user="alice", view="users")
+    assert "Unlocked alice." in r.text
+    await client.app[GATEWAY].audit.flush()
+    r = await send(client, "POST", "/_gateway/admin", accept="text/html",
+                   headers=[("Cookie", f"gateway_session={admin}; {form_cookie}"), *SAME_SITE],
+                   data={"csrf_token": "forged", "action": "lock", "user": "alice"})
+    assert r.status == 403
+    page = await send(client, "GET", "/_gateway/admin?view=audit&type=user.*", token=admin,
+                      accept="text/html")
+    assert "user.locked" in page.text and "user.unlocked" in page.text

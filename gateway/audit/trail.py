@@ -73,7 +73,7 @@ def iso_ms(ts: float) -> str:
 def to_record(event: SessionEvent, device: str) -> dict[str, Any]:
     s = event.session
     kind = audit_type(event)
-    details: dict[str, Any] = dict(event.details)
+    details: dict[str, Any] = {k: v for k, v in event.details.items() if v != ""}
     if event.type == ENDED:
         details.update(status=event.status, reason=event.reason)
     elif kind == "login.failure":

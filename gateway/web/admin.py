@@ -33,14 +33,18 @@ from ..auth.sessions import Identity
 from ..errors import json_error, json_response
 from ..state import Gateway
 from ..store import REVOKED_BY_ADMIN, StoreUnavailable
-from .guards import api_identity, gateway_of, same_origin
+from .guards import api_identity, gateway_of
 from ..audit.search import audit_filter, audit_search, parse_time
-from .my_sessions import _api_password, _reauth_refusal, session_details
+from .my_sessions import _api_change, _reauth_refusal, session_details
 
 MAX_LIMIT = 500
 # At most this many entries are read to fill one filtered page; the page
 # says where it stopped (next_cursor) so the next request goes on from there.
 SCAN_BUDGET = 5_000
+
+
+def _not_admin() -> web.Response:
+    return json_error(403, "FORBIDDEN", "This needs an administrator's role.")
 
 
 def actor_of(identity: Identity) -> str:
@@ -52,7 +56,7 @@ async def admin_identity(request: web.Request, gw: Gateway) -> Identity | web.Re
     if isinstance(identity, web.Response):
         return identity
     if not set(identity.user.roles) & set(gw.config.admin.roles):
-        return json_error(403, "FORBIDDEN", "This needs an administrator's role.")
+        return _not_admin()
     return identity
 
 
@@ -69,61 +73,66 @@ def _limit(request: web.Request, default: int = 50) -> int | web.Response:
 
 # -- sessions ----------------------------------------------------------------------
 
+async def find_sessions(gw: Gateway, user: str, ip: str, device: str, cursor: str | None,
+                        limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Live sessions matching the filters, most recently active first, and the
+    cursor to go on from. StoreUnavailable and ValueError (a bad cursor) propagate."""
+    now = gw.sessions.clock()
+
+    def keep(s: Any) -> bool:
+        return (s.alive(now) and (not ip or s.ip == ip) and
+                (not device or device.lower() in describe(s.user_agent).text().lower()))
+    found: list[Any] = []
+    if user:
+        mine = await gw.store.user_sessions(user)
+        found = sorted(await asyncio.to_thread(lambda: [s for s in mine if keep(s)]),
+                       key=lambda s: -s.last_seen_at)[:limit]
+        cursor = None
+    else:
+        scanned = 0
+        while cursor is not None or scanned == 0:
+            page = await gw.store.list_sessions(cursor, max(limit, 100))
+            scanned += max(1, len(page.sessions))
+            cursor = page.next_cursor
+            # User-Agents are parsed for the device filter: off the event loop.
+            kept = await asyncio.to_thread(lambda: [keep(s) for s in page.sessions])
+            for s, after, ok in zip(page.sessions, page.cursors, kept):
+                if ok:
+                    found.append(s)
+                    if len(found) == limit:       # resume just after it
+                        cursor = after if (after != page.cursors[-1]
+                                           or page.next_cursor) else None
+                        break
+            if len(found) == limit or scanned >= SCAN_BUDGET:
+                break
+    locks = await gw.store.locks()
+    devices = await asyncio.to_thread(lambda: {s.user_agent: describe(s.user_agent)
+                                               for s in found})
+    return ([{**session_details(gw, s, devices), "user": s.username, "status": "ACTIVE",
+              "locked": s.username in locks} for s in found], cursor)
+
+
 async def api_sessions(request: web.Request) -> web.Response:
     gw = gateway_of(request)
     limit = _limit(request)
     if isinstance(limit, web.Response):
         return limit
     q = request.query
-    user, ip, device = q.get("user", "").strip().casefold(), q.get("ip", ""), q.get("device", "")
-    status = q.get("status", "ACTIVE").upper()
-    if status != "ACTIVE":
+    if q.get("status", "ACTIVE").upper() != "ACTIVE":
         return json_error(400, "BAD_REQUEST", "status: live sessions are ACTIVE; ended ones "
                                               "are in the audit trail and the user's history.")
     try:
         identity = await admin_identity(request, gw)
         if isinstance(identity, web.Response):
             return identity
-        now = gw.sessions.clock()
-
-        def keep(s: Any) -> bool:
-            return (s.alive(now) and (not ip or s.ip == ip) and
-                    (not device or device.lower() in describe(s.user_agent).text().lower()))
-        found: list[Any] = []
-        next_cursor: str | None = None
-        if user:
-            mine = await gw.store.user_sessions(user)
-            found = sorted(await asyncio.to_thread(lambda: [s for s in mine if keep(s)]),
-                           key=lambda s: -s.last_seen_at)[:limit]
-        else:
-            cursor, scanned = q.get("cursor") or None, 0
-            while cursor is not None or scanned == 0:
-                page = await gw.store.list_sessions(cursor, max(limit, 100))
-                scanned += max(1, len(page.sessions))
-                cursor = page.next_cursor
-                # User-Agents are parsed for the device filter: off the event loop.
-                kept = await asyncio.to_thread(lambda: [keep(s) for s in page.sessions])
-                for s, after, ok in zip(page.sessions, page.cursors, kept):
-                    if ok:
-                        found.append(s)
-                        if len(found) == limit:   # resume just after it
-                            cursor = after if (after != page.cursors[-1]
-                                               or page.next_cursor) else None
-                            break
-                if len(found) == limit or scanned >= SCAN_BUDGET:
-                    break
-            next_cursor = cursor
-        locks = await gw.store.locks()
+        sessions, next_cursor = await find_sessions(
+            gw, q.get("user", "").strip().casefold(), q.get("ip", ""), q.get("device", ""),
+            q.get("cursor") or None, limit)
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
     except ValueError:
         return json_error(400, "BAD_REQUEST", "cursor is not one this gateway gave out.")
-    devices = await asyncio.to_thread(lambda: {s.user_agent: describe(s.user_agent)
-                                               for s in found})
-    return _no_store({"sessions": [{**session_details(gw, s, devices), "user": s.username,
-                                    "status": "ACTIVE", "locked": s.username in locks}
-                                   for s in found],
-                      "next_cursor": next_cursor})
+    return _no_store({"sessions": sessions, "next_cursor": next_cursor})
 
 
 async def api_session(request: web.Request) -> web.Response:
@@ -147,17 +156,15 @@ async def api_session(request: web.Request) -> web.Response:
 
 
 async def _change(request: web.Request, destructive: bool) -> tuple[Gateway, Identity] | web.Response:
-    """What every admin change checks first: Origin, a JSON body if any, the
-    role, and for destructive ones the password when re-entry is due."""
-    gw = gateway_of(request)
-    if not same_origin(request, gw):
-        return json_error(403, "FORBIDDEN", "Cross-site request refused.")
-    password = await _api_password(request)
-    if isinstance(password, web.Response):
-        return password
-    identity = await admin_identity(request, gw)
-    if isinstance(identity, web.Response):
-        return identity
+    """What every admin change checks first: what every change of "your
+    sessions" does (Origin, a JSON body if any, a session), the role, and
+    for destructive ones the password when re-entry is due."""
+    checked = await _api_change(request)
+    if isinstance(checked, web.Response):
+        return checked
+    gw, identity, password = checked
+    if not set(identity.user.roles) & set(gw.config.admin.roles):
+        return _not_admin()
     if destructive and (refusal := await _reauth_refusal(gw, identity, password)) is not None:
         return refusal
     return gw, identity
@@ -182,40 +189,37 @@ def _target(request: web.Request) -> str:
     return request.match_info["username"].strip().casefold()
 
 
-async def api_logout_user(request: web.Request) -> web.Response:
-    try:
-        checked = await _change(request, destructive=True)
-        if isinstance(checked, web.Response):
-            return checked
-        gw, identity = checked
-        ended = await gw.sessions.log_out_user(_target(request), actor_of(identity))
-    except StoreUnavailable:
-        return json_error(503, "STORE_UNAVAILABLE")
-    return _no_store({"revoked": ended})
+def _user_action(act: Any, destructive: bool) -> Any:
+    """An endpoint that does ``act(gw, username, actor)`` to the user in the path."""
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            checked = await _change(request, destructive)
+            if isinstance(checked, web.Response):
+                return checked
+            gw, identity = checked
+            body = await act(gw, _target(request), actor_of(identity))
+        except StoreUnavailable:
+            return json_error(503, "STORE_UNAVAILABLE")
+        return _no_store(body)
+    return handler
 
 
-async def api_lock(request: web.Request) -> web.Response:
-    try:
-        checked = await _change(request, destructive=True)
-        if isinstance(checked, web.Response):
-            return checked
-        gw, identity = checked
-        ended = await gw.sessions.lock(_target(request), actor_of(identity))
-    except StoreUnavailable:
-        return json_error(503, "STORE_UNAVAILABLE")
-    return _no_store({"locked": True, "revoked": ended})
+async def _log_out(gw: Gateway, user: str, actor: str) -> dict[str, Any]:
+    return {"revoked": await gw.sessions.log_out_user(user, actor)}
 
 
-async def api_unlock(request: web.Request) -> web.Response:
-    try:
-        checked = await _change(request, destructive=False)
-        if isinstance(checked, web.Response):
-            return checked
-        gw, identity = checked
-        await gw.sessions.unlock(_target(request), actor_of(identity))
-    except StoreUnavailable:
-        return json_error(503, "STORE_UNAVAILABLE")
-    return _no_store({"locked": False})
+async def _lock(gw: Gateway, user: str, actor: str) -> dict[str, Any]:
+    return {"locked": True, "revoked": await gw.sessions.lock(user, actor)}
+
+
+async def _unlock(gw: Gateway, user: str, actor: str) -> dict[str, Any]:
+    await gw.sessions.unlock(user, actor)
+    return {"locked": False}
+
+
+api_logout_user = _user_action(_log_out, destructive=True)
+api_lock = _user_action(_lock, destructive=True)
+api_unlock = _user_action(_unlock, destructive=False)
 
 
 async def api_users(request: web.Request) -> web.Response:

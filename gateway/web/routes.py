@@ -1,6 +1,6 @@
 """The route table of the gateway's own endpoints, under ``prefix``.
 
-One place lists every endpoint and its methods. Only the two forms get the
+One place lists every endpoint and its methods. Only the pages with forms get the
 form-state middleware (aiohttp-session), as a wrapper: an app-wide
 middleware would make aiohttp run a middleware chain for every proxied
 request too. Every handler refuses request lines that are not HTTP/1.x.
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config import Config
 from ..errors import HTTP1, error_response, refuse_version
-from . import admin, login, machine, monitor, my_sessions, session_api
+from . import admin, admin_page, login, machine, monitor, my_sessions, session_api
 from .guards import Handler
 
 FORM_COOKIE = "gateway_form"
@@ -54,6 +54,8 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
         "/api/sessions/revoke-others": {"POST": my_sessions.api_revoke_others},
         "/api/sessions/revoke-all": {"POST": my_sessions.api_revoke_all},
         "/api/sessions/{sid}": {"DELETE": my_sessions.api_revoke_one},
+        "/admin": {"GET": with_form_state(admin_page.admin_page),
+                   "POST": with_form_state(admin_page.admin_submit)},
         "/api/admin/sessions": {"GET": admin.api_sessions},
         "/api/admin/sessions/{sid}": {"GET": admin.api_session, "DELETE": admin.api_revoke},
         "/api/admin/users": {"GET": admin.api_users},
