@@ -119,7 +119,14 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
     # every worker's cache, one event; the actor is the CLI.
     service = SessionService(config, store, users=None, tokens=None, watch=False)
     from .audit.trail import AuditTrail
-    audit = AuditTrail(config, store)
+    try:
+        # Recorded like a worker's actions; audit.file "-" would mix the
+        # records into this command's output, so the CLI leaves it out.
+        audit = AuditTrail(config, store, to_stdout=False)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        await store.close()
+        return 1
     service.events.subscribe(audit.record)
     try:
         if args.action == "list":

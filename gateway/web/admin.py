@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from typing import Any
 
 from aiohttp import web
@@ -114,6 +115,9 @@ async def find_sessions(gw: Gateway, user: str, ip: str, device: str, cursor: st
 
 async def api_sessions(request: web.Request) -> web.Response:
     gw = gateway_of(request)
+    refused = await _admin_first(request, gw)
+    if refused is not None:
+        return refused
     limit = _limit(request)
     if isinstance(limit, web.Response):
         return limit
@@ -122,9 +126,6 @@ async def api_sessions(request: web.Request) -> web.Response:
         return json_error(400, "BAD_REQUEST", "status: live sessions are ACTIVE; ended ones "
                                               "are in the audit trail and the user's history.")
     try:
-        identity = await admin_identity(request, gw)
-        if isinstance(identity, web.Response):
-            return identity
         sessions, next_cursor = await find_sessions(
             gw, q.get("user", "").strip().casefold(), q.get("ip", ""), q.get("device", ""),
             q.get("cursor") or None, limit)
@@ -222,6 +223,16 @@ api_lock = _user_action(_lock, destructive=True)
 api_unlock = _user_action(_unlock, destructive=False)
 
 
+def users_with_locks(gw: Gateway, locks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The users file's accounts with their locks, and the locks of accounts
+    the file no longer has (so they can still be seen and lifted)."""
+    users = [{**u.public(), "disabled": u.disabled, "locked": u.key in locks,
+              "locked_by": locks.get(u.key, {}).get("by")} for u in gw.users.all()]
+    known = {u.key for u in gw.users.all()}
+    return users + [{"username": name, "locked": True, "locked_by": meta.get("by"),
+                     "in_users_file": False} for name, meta in locks.items() if name not in known]
+
+
 async def api_users(request: web.Request) -> web.Response:
     gw = gateway_of(request)
     try:
@@ -231,16 +242,31 @@ async def api_users(request: web.Request) -> web.Response:
         locks = await gw.store.locks()
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
-    users = [{**u.public(), "disabled": u.disabled, "locked": u.key in locks,
-              "locked_by": locks.get(u.key, {}).get("by")} for u in gw.users.all()]
-    # Locks of accounts the users file no longer has are shown too.
-    known = {u.key for u in gw.users.all()}
-    users += [{"username": name, "locked": True, "locked_by": meta.get("by"),
-               "in_users_file": False} for name, meta in locks.items() if name not in known]
-    return _no_store({"users": users})
+    return _no_store({"users": users_with_locks(gw, locks)})
 
 
 # -- the audit trail -------------------------------------------------------------------
+
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+# A spreadsheet runs a cell that starts with one of these as a formula; the
+# user names of failed sign-ins and the User-Agents are anyone's to choose.
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA) else text
+
+
+async def _admin_first(request: web.Request, gw: Gateway) -> web.Response | None:
+    """The role check, before any parameter is looked at: a non-admin learns
+    nothing but 401 or 403."""
+    try:
+        identity = await admin_identity(request, gw)
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    return identity if isinstance(identity, web.Response) else None
+
 
 CSV_FIELDS = ("time", "type", "severity", "actor", "user", "session", "ip", "device",
               "result", "details")
@@ -248,6 +274,9 @@ CSV_FIELDS = ("time", "type", "severity", "actor", "user", "session", "ip", "dev
 
 async def api_audit(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
+    refused = await _admin_first(request, gw)       # the role before anything else
+    if refused is not None:
+        return refused
     limit = _limit(request, 100)
     if isinstance(limit, web.Response):
         return limit
@@ -259,10 +288,9 @@ async def api_audit(request: web.Request) -> web.StreamResponse:
     fmt = q.get("format", "json")
     if fmt not in ("json", "csv"):
         return json_error(400, "BAD_REQUEST", "format is json or csv.")
+    if q.get("cursor") and not _ENTRY_ID.fullmatch(q["cursor"]):
+        return json_error(400, "BAD_REQUEST", "cursor is not one this gateway gave out.")
     try:
-        identity = await admin_identity(request, gw)
-        if isinstance(identity, web.Response):
-            return identity
         keep = audit_filter(q.get("user", "").strip().casefold(), q.get("type", ""),
                             q.get("ip", ""), since, until)
         events, cursor = await audit_search(gw.store, keep, q.get("cursor") or None, limit,
@@ -274,8 +302,9 @@ async def api_audit(request: web.Request) -> web.StreamResponse:
         writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for e in events:
-            writer.writerow({**e, "details": ";".join(f"{k}={v}" for k, v in
-                                                      (e.get("details") or {}).items())})
+            row = {**e, "details": ";".join(f"{k}={v}" for k, v in
+                                            (e.get("details") or {}).items())}
+            writer.writerow({k: _cell(row.get(k)) for k in CSV_FIELDS})
         return web.Response(text=out.getvalue(), content_type="text/csv", headers={
             "Cache-Control": "no-store",
             "Content-Disposition": 'attachment; filename="audit.csv"'})

@@ -22,7 +22,7 @@ from ..audit.search import audit_filter, audit_search, parse_time
 from ..auth.sessions import AuthError, Identity
 from ..errors import error_response, store_unavailable
 from ..store import REVOKED_BY_ADMIN, StoreUnavailable
-from .admin import actor_of, find_sessions
+from .admin import actor_of, find_sessions, users_with_locks
 from .guards import (csrf_ok, csrf_token, current_identity, gateway_of, render, same_origin,
                      see_other)
 from .my_sessions import MAX_PASSWORD, humanize
@@ -63,10 +63,7 @@ async def admin_page(request: web.Request, *, status: int = 200, error: str | No
                 {**{k: filters[k] for k in ("user", "ip", "device") if filters[k]},
                  "cursor": cursor or ""}))
         elif view == "users":
-            locks = await gw.store.locks()
-            context["users"] = [{**u.public(), "disabled": u.disabled, "locked": u.key in locks,
-                                 "locked_by": locks.get(u.key, {}).get("by")}
-                                for u in gw.users.all()]
+            context["users"] = users_with_locks(gw, await gw.store.locks())
         else:
             since = parse_time(filters["since"]) if filters["since"] else None
             until = parse_time(filters["until"]) if filters["until"] else None
