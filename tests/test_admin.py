@@ -351,3 +351,12 @@ async def test_review_a_sink_that_fails_does_not_stop_the_trail(upstream, make_c
     assert len(refused) >= 2
     types = [e["type"] for e in await audit(client, admin)]
     assert types.count("login.success") == 2           # still in the store
+
+
+async def test_review_one_users_sessions_come_whole(console):
+    client, admin = console
+    for _ in range(3):
+        await api_login(client)
+    r = await send(client, "GET", "/_gateway/api/admin/sessions?user=alice&limit=1",
+                   token=admin)
+    assert len(r.json()["sessions"]) == 3 and r.json()["next_cursor"] is None
