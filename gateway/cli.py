@@ -181,18 +181,14 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
         page = await store.audit_page(None, args.lines)
         for _, record in reversed(page):
             print(json.dumps(record), flush=True)
-        last = page[0][0] if page else None
+        last = page[0][0] if page else "0-0"
         while args.follow:
             await asyncio.sleep(1)
-            newer = []
-            for entry_id, record in await store.audit_page(None, 500):
-                if entry_id == last:
-                    break
-                newer.append((entry_id, record))
-            for _, record in reversed(newer):
-                print(json.dumps(record), flush=True)
-            if newer:
-                last = newer[0][0]
+            # Forward from the last one printed, until caught up: none missed.
+            while newer := await store.audit_after(last, 500):
+                for entry_id, record in newer:
+                    print(json.dumps(record), flush=True)
+                    last = entry_id
         return 0
     except StoreUnavailable:
         print("session.redis.url: the session store is unreachable", file=sys.stderr)

@@ -360,3 +360,22 @@ async def test_review_one_users_sessions_come_whole(console):
     r = await send(client, "GET", "/_gateway/api/admin/sessions?user=alice&limit=1",
                    token=admin)
     assert len(r.json()["sessions"]) == 3 and r.json()["next_cursor"] is None
+
+
+async def test_review_an_event_written_late_is_still_found_by_time():
+    """Written after newer ones (a retried batch, the CLI at exit): still found."""
+    from gateway.audit.search import audit_filter, audit_search
+    clock = Clock()
+    store = MemorySessionStore(clock)
+    start = clock()
+    await store.audit_append([{"type": "a", "time": "2000-01-01T00:00:00Z"}], 3600)
+    clock.advance(10)
+    await store.audit_append([{"type": "late", "time": _iso(start + 5)}], 3600)
+    await store.audit_append([{"type": "older", "time": _iso(start - 1)}], 3600)
+    found, _ = await audit_search(store, audit_filter(since=start + 1), None, 10, start + 1)
+    assert [r["type"] for r in found] == ["late"]
+
+
+def _iso(ts: float) -> str:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")

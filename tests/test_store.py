@@ -584,3 +584,12 @@ async def test_a_session_has_at_most_its_fill_of_findings_and_log_ones_are_not_s
                                               600, 3600)
     ids = [e["id"] for e in await store.security_events("alice", 0)]
     assert len(ids) == MAX_FINDINGS - 1 and "e99" not in ids     # "seen" kept no record
+
+
+async def test_the_audit_trail_reads_forward_from_an_entry(store, clock):
+    await store.audit_append([{"n": n} for n in range(5)], retention=3600)
+    first, *_ = [entry_id for entry_id, _ in reversed(await store.audit_page(None, 10))]
+    after = await store.audit_after(first, 2)
+    assert [r["n"] for _, r in after] == [1, 2]
+    assert [r["n"] for _, r in await store.audit_after(after[-1][0], 10)] == [3, 4]
+    assert await store.audit_after("0-0", 10) != []

@@ -13,6 +13,16 @@ from typing import Any
 from ..store import SessionStore
 
 SCAN_BUDGET = 5_000
+# How far an entry's writing may trail its event's time, at most, for searches.
+WRITE_LAG = 300.0
+
+
+def _written_at(entry_id: str) -> float:
+    """When an entry was written: its id is "<milliseconds>-<sequence>"."""
+    try:
+        return int(entry_id.split("-", 1)[0]) / 1000
+    except ValueError:
+        return 0.0
 
 
 def parse_time(value: str) -> float | None:
@@ -63,8 +73,11 @@ async def audit_search(store: SessionStore, keep: Any, cursor: str | None, limit
                 found.append(record)
                 if len(found) >= limit:
                     return found, cursor
-            if since is not None and (parse_time(str(record.get("time", ""))) or 0) < since:
-                return found, None          # newest first: nothing older can match
+            # Entries are in the order they were written, which can trail the
+            # events' own times (a batch retried, the CLI writing as it exits,
+            # several workers): stop only well past ``since``.
+            if since is not None and _written_at(entry_id) < since - WRITE_LAG:
+                return found, None
     return found, cursor
 
 

@@ -290,6 +290,10 @@ class SessionStore(ABC):
         newest), newest first, as ``(entry id, record)``."""
 
     @abstractmethod
+    async def audit_after(self, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``count`` entries newer than the entry id ``after``, oldest first."""
+
+    @abstractmethod
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
 

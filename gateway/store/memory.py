@@ -184,6 +184,10 @@ class MemorySessionStore(SessionStore):
                 break
         return out
 
+    async def audit_after(self, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        floor = _entry_key(after)
+        return [(i, dict(r)) for i, r in self._audit if _entry_key(i) > floor][:count]
+
     async def ping(self) -> None:
         return None
 

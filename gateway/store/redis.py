@@ -239,6 +239,19 @@ def _pairs(fields: dict[str, str]) -> list[str]:
     return [x for kv in fields.items() for x in kv]
 
 
+def _entries(raw: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Stream entries as (id, record); an entry that is not a JSON object is skipped."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for entry_id, fields in raw:
+        try:
+            record = json.loads(fields.get(b"e", b"{}"))
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append((entry_id.decode(), record))
+    return out
+
+
 def _flat_to_dict(flat: list[Any]) -> dict[Any, Any]:
     return dict(zip(flat[::2], flat[1::2]))
 
@@ -619,17 +632,12 @@ class RedisSessionStore(SessionStore):
 
     async def audit_page(self, before: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
         top = f"({before}" if before else "+"
-        raw = await self._call(lambda: self.redis.xrevrange(self.audit_key, top, "-",
-                                                            count=count))
-        out: list[tuple[str, dict[str, Any]]] = []
-        for entry_id, fields in raw:
-            try:
-                record = json.loads(fields.get(b"e", b"{}"))
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out.append((entry_id.decode(), record))
-        return out
+        return _entries(await self._call(lambda: self.redis.xrevrange(
+            self.audit_key, top, "-", count=count)))
+
+    async def audit_after(self, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
+        return _entries(await self._call(lambda: self.redis.xrange(
+            self.audit_key, f"({after}", "+", count=count)))
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)
