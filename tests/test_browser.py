@@ -52,9 +52,9 @@ def sign_in(driver: Any, base: str, rd: str) -> None:
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
-def wait_for(driver: Any, condition: Any) -> Any:
+def wait_for(driver: Any, condition: Any, seconds: float = 10) -> Any:
     """A click starts a navigation; what it leads to arrives a moment later."""
-    return WebDriverWait(driver, 10).until(condition)
+    return WebDriverWait(driver, seconds).until(condition)
 
 
 async def test_a_person_signs_out_another_device_on_the_sessions_page(
@@ -325,7 +325,9 @@ async def test_someone_else_signing_in_in_another_tab_starts_the_page_over(notes
         browser.find_element(By.ID, "username").send_keys("admin")
         browser.find_element(By.ID, "password").send_keys("admin-pw")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait_for(browser, arrived.title_is("Notes"))
+        # Once failed in 10 s in a loaded CI run (cause not found; see the
+        # closing note): the other tab may reload this one's way meanwhile.
+        wait_for(browser, arrived.title_is("Notes"), seconds=30)
         browser.close()
         browser.switch_to.window(first)
         wait_for(browser, lambda d: d.find_element(By.ID, "draft").get_attribute("value") == "")
