@@ -28,15 +28,15 @@ from typing import Any
 
 from aiohttp import web
 
+from ..audit.search import audit_filter, audit_search, parse_time
 from ..auth.devices import describe
 from ..auth.security import fingerprint
 from ..auth.sessions import Identity
-from ..errors import json_error, json_response
+from ..errors import json_error
 from ..state import Gateway
 from ..store import REVOKED_BY_ADMIN, StoreUnavailable
 from .guards import api_identity, gateway_of
-from ..audit.search import audit_filter, audit_search, parse_time
-from .my_sessions import _api_change, _reauth_refusal, session_details
+from .my_sessions import _api_change, _no_store, _reauth_refusal, session_details
 
 MAX_LIMIT = 500
 # At most this many entries are read to fill one filtered page; the page
@@ -59,10 +59,6 @@ async def admin_identity(request: web.Request, gw: Gateway) -> Identity | web.Re
     if not set(identity.user.roles) & set(gw.config.admin.roles):
         return _not_admin()
     return identity
-
-
-def _no_store(body: dict[str, Any], status: int = 200) -> web.Response:
-    return json_response(status, body, headers={"Cache-Control": "no-store"})
 
 
 def _limit(request: web.Request, default: int = 50) -> int | web.Response:
@@ -140,10 +136,10 @@ async def api_sessions(request: web.Request) -> web.Response:
 
 async def api_session(request: web.Request) -> web.Response:
     gw = gateway_of(request)
+    refused = await _admin_first(request, gw)
+    if refused is not None:
+        return refused
     try:
-        identity = await admin_identity(request, gw)
-        if isinstance(identity, web.Response):
-            return identity
         session = await gw.store.find(request.match_info["sid"])
         if session is None:
             return json_error(404, "SESSION_NOT_FOUND")
@@ -228,19 +224,20 @@ api_unlock = _user_action(_unlock, destructive=False)
 def users_with_locks(gw: Gateway, locks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The users file's accounts with their locks, and the locks of accounts
     the file no longer has (so they can still be seen and lifted)."""
+    accounts = gw.users.all()
     users = [{**u.public(), "disabled": u.disabled, "locked": u.key in locks,
-              "locked_by": locks.get(u.key, {}).get("by")} for u in gw.users.all()]
-    known = {u.key for u in gw.users.all()}
+              "locked_by": locks.get(u.key, {}).get("by")} for u in accounts]
+    known = {u.key for u in accounts}
     return users + [{"username": name, "locked": True, "locked_by": meta.get("by"),
                      "in_users_file": False} for name, meta in locks.items() if name not in known]
 
 
 async def api_users(request: web.Request) -> web.Response:
     gw = gateway_of(request)
+    refused = await _admin_first(request, gw)
+    if refused is not None:
+        return refused
     try:
-        identity = await admin_identity(request, gw)
-        if isinstance(identity, web.Response):
-            return identity
         locks = await gw.store.locks()
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
