@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from .audit.stats import keep_sampling
 from .audit.trail import AuditTrail
 from .proxy.access import Router
 from .auth.assertion import AssertionSigner, load_or_create_key
@@ -82,6 +83,8 @@ def create_app(config: Config, store: SessionStore | None = None,
                                                       "end sessions of lost users")
         background.spawn(gw.sessions.follow_revocations(), "revocation feed")
         background.spawn(_watch_users_file(users), "users file")
+        background.spawn(keep_sampling(session_store, config.session.idle_timeout, clock),
+                         "active sessions sampler")
         # ua-parser loads its rules on first use (0.2 s): not on the event loop.
         background.spawn(asyncio.to_thread(warm_up), "user-agent rules")
         try:

@@ -21,6 +21,7 @@ SAME_SITE = [("Origin", "http://127.0.0.1:8080")]
 ADMIN_ENDPOINTS = [
     ("GET", "/_gateway/api/admin/sessions"), ("GET", "/_gateway/api/admin/users"),
     ("GET", "/_gateway/api/admin/audit"), ("GET", "/_gateway/api/admin/sessions/x"),
+    ("GET", "/_gateway/api/admin/stats"),
     ("DELETE", "/_gateway/api/admin/sessions/x"),
     ("POST", "/_gateway/api/admin/users/alice/logout"),
     ("POST", "/_gateway/api/admin/users/alice/lock"),

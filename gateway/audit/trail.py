@@ -7,7 +7,7 @@ admin, a user or the gateway itself does is recorded alike, once, by the
 process that did it. Subscribers must not block: ``record`` only puts the
 event on a bounded queue; a background task turns queued events into
 records (parsing User-Agents off the event loop), appends them to the store
-in one round trip, writes them to the file, and hands them to the webhook,
+with the analytics counters they move (stats.py) in one round trip, writes them to the file, and hands them to the webhook,
 which has its own bounded queue and retries with backoff. When a queue is
 full the event is dropped and counted, never waited for: an audit sink that
 is down must not stop sign-ins. The store stream is trimmed after
@@ -28,11 +28,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
 
-from ..auth.devices import describe
+from ..auth.devices import Device, describe
 from ..auth.events import ENDED, STARTED, SessionEvent
 from ..auth.security import fingerprint
 from ..config import Config, ConfigError
 from ..store import SessionStore, StoreUnavailable
+from .stats import tally
 
 if TYPE_CHECKING:      # the CLI records too, and need not load aiohttp for it
     import aiohttp
@@ -88,6 +89,10 @@ def to_record(event: SessionEvent, device: str) -> dict[str, Any]:
         "result": "failure" if kind == "login.failure" else "success",
         "details": details,
     }
+
+
+def _device_text(devices: dict[str, Device], agent: str) -> str:
+    return devices[agent].text() if agent else ""
 
 
 class AuditTrail:
@@ -154,13 +159,13 @@ class AuditTrail:
         if not events:
             return
         agents = {e.session.user_agent if e.session else e.user_agent for e in events}
-        devices = await asyncio.to_thread(
-            lambda: {a: describe(a).text() if a else "" for a in agents})
-        records = [to_record(e, devices[e.session.user_agent if e.session else e.user_agent])
-                   for e in events]
+        devices = await asyncio.to_thread(lambda: {a: describe(a) for a in agents})
+        records = [to_record(e, _device_text(devices, e.session.user_agent if e.session
+                                             else e.user_agent)) for e in events]
+        counts = tally(events, devices.__getitem__)
         for attempt in range(3):
             try:
-                await self.store.audit_append(records, self.config.retention)
+                await self.store.audit_append(records, self.config.retention, counts)
                 break
             except StoreUnavailable as exc:
                 # redis-py can turn a cancel that lands on a read into a

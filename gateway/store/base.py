@@ -17,6 +17,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from collections import Counter
 from typing import Any, NamedTuple
 
 
@@ -196,6 +197,33 @@ class Page:
     cursors: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Counts:
+    """Analytics increments (audit/stats.py), applied in one step. Keys are
+    bucket names ("h:2026120109"); every key touched is kept ``keep``
+    seconds from the last write."""
+    keep: float
+    add: dict[str, Counter[str]] = field(default_factory=dict)       # field += n
+    once: dict[str, dict[str, int]] = field(default_factory=dict)    # field = n unless set
+    distinct: dict[str, set[str]] = field(default_factory=dict)      # count of distinct members
+    rank: dict[str, Counter[str]] = field(default_factory=dict)      # member score += n
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.once or self.distinct or self.rank)
+
+
+# A ranking keeps its top RANK_KEEP members (e.g. the IPs with most failed
+# sign-ins in a day), so a spray from many addresses cannot grow it without bound.
+RANK_KEEP = 10_000
+
+
+@dataclass(frozen=True)
+class CountsRead:
+    add: dict[str, dict[str, int]]             # hash key -> field -> value (once-fields too)
+    distinct: dict[str, int]                   # key -> estimated distinct members
+    rank: dict[str, list[tuple[str, int]]]     # key -> its top members, highest first
+
+
 class SessionStore(ABC):
     """Live sessions, per-user and global indexes, and ended records.
 
@@ -280,9 +308,10 @@ class SessionStore(ABC):
 
     # -- the audit trail: append-only, trimmed after ``retention`` -------------------
     @abstractmethod
-    async def audit_append(self, records: list[dict[str, Any]], retention: float) -> None:
-        """Append records (JSON-able) in one round trip; entries older than
-        ``retention`` seconds are trimmed, approximately."""
+    async def audit_append(self, records: list[dict[str, Any]], retention: float,
+                           counts: Counts | None = None) -> None:
+        """Append records (JSON-able) and apply ``counts``, in one round trip;
+        entries older than ``retention`` seconds are trimmed, approximately."""
 
     @abstractmethod
     async def audit_page(self, before: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
@@ -292,6 +321,20 @@ class SessionStore(ABC):
     @abstractmethod
     async def audit_after(self, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to ``count`` entries newer than the entry id ``after``, oldest first."""
+
+    # -- analytics: counters kept as events happen, never by scanning ----------------
+    @abstractmethod
+    async def count(self, counts: Counts) -> None:
+        """Apply counts in one round trip."""
+
+    @abstractmethod
+    async def read_counts(self, hashes: list[str], distinct: list[str], ranks: list[str],
+                          top: int) -> CountsRead:
+        """The named counters in one round trip; a missing key reads as empty."""
+
+    @abstractmethod
+    async def active_count(self, since: float) -> int:
+        """How many live sessions were active after ``since``: O(log n), no scan."""
 
     @abstractmethod
     async def ping(self) -> None:

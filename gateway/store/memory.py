@@ -8,13 +8,13 @@ test suite runs against both. Lost on restart, by design.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .base import (MAX_FINDINGS, SESSION_LIMIT, AtCapacity, EndedSession, Ending, Page,
-                   Session, SessionStore)
+from .base import (MAX_FINDINGS, RANK_KEEP, SESSION_LIMIT, AtCapacity, Counts, CountsRead,
+                   EndedSession, Ending, Page, Session, SessionStore)
 from .paging import decode_cursor, encode_cursor
 
 
@@ -37,6 +37,8 @@ class MemorySessionStore(SessionStore):
         self._audit: deque[tuple[str, dict[str, Any]]] = deque(maxlen=AUDIT_MAX)
         self._audit_ms, self._audit_seq = 0, 0
         self._marks: dict[str, tuple[float, set[str]]] = {}
+        # Analytics: key -> (kept until, a Counter of fields or a set of members).
+        self._counts: dict[str, tuple[float, Any]] = {}
 
     async def create(self, session: Session, cap: int, history: float,
                      refuse: bool = False) -> list[Session]:
@@ -161,7 +163,10 @@ class MemorySessionStore(SessionStore):
     async def is_locked(self, username: str) -> bool:
         return username in self._locks
 
-    async def audit_append(self, records: list[dict[str, Any]], retention: float) -> None:
+    async def audit_append(self, records: list[dict[str, Any]], retention: float,
+                           counts: Counts | None = None) -> None:
+        if counts:
+            await self.count(counts)
         now_ms = int(self._clock() * 1000)
         for record in records:
             if now_ms > self._audit_ms:
@@ -188,6 +193,45 @@ class MemorySessionStore(SessionStore):
         floor = _entry_key(after)
         return [(i, dict(r)) for i, r in self._audit if _entry_key(i) > floor][:count]
 
+    async def count(self, counts: Counts) -> None:
+        until = self._clock() + counts.keep
+
+        def bucket(key: str, empty: Callable[[], Any]) -> Any:
+            value = self._counts.get(key, (0.0, None))[1]
+            if value is None:
+                value = empty()
+            self._counts[key] = (until, value)
+            return value
+        for key, fields in counts.add.items():
+            bucket(key, Counter).update(fields)
+        for key, fields in counts.once.items():
+            held = bucket(key, Counter)
+            for name, n in fields.items():
+                held.setdefault(name, n)
+        for key, members in counts.distinct.items():
+            bucket(key, set).update(members)
+        for key, scores in counts.rank.items():
+            ranking = bucket(key, Counter)
+            ranking.update(scores)
+            if len(ranking) > RANK_KEEP:
+                self._counts[key] = (until, Counter(dict(ranking.most_common(RANK_KEEP))))
+
+    async def read_counts(self, hashes: list[str], distinct: list[str], ranks: list[str],
+                          top: int) -> CountsRead:
+        now = self._clock()
+
+        def held(key: str) -> Any:
+            until, value = self._counts.get(key, (0.0, None))
+            return value if value is not None and until > now else None
+        return CountsRead(
+            add={k: dict(held(k) or {}) for k in hashes},
+            distinct={k: len(held(k) or ()) for k in distinct},
+            rank={k: (held(k) or Counter()).most_common(top) for k in ranks})
+
+    async def active_count(self, since: float) -> int:
+        now = self._clock()
+        return sum(1 for s in self._sessions.values() if s.alive(now) and s.last_seen_at > since)
+
     async def ping(self) -> None:
         return None
 
@@ -212,6 +256,8 @@ class MemorySessionStore(SessionStore):
             del self._ended[sid], self._ended_until[sid]
         for sid in [sid for sid, (until, _) in self._marks.items() if until <= now]:
             del self._marks[sid]
+        for key in [key for key, (until, _) in self._counts.items() if until <= now]:
+            del self._counts[key]
 
 
 def _entry_key(entry_id: str) -> tuple[int, int]:

@@ -19,6 +19,9 @@ the per-user scripts stay legal there):
     gw:revoked         pub/sub channel: the id of every ended session
     gw:locks           hash: locked users (admin console), no TTL
     gw:audit           stream: the audit trail, trimmed to ``audit.retention``
+    gw:{stats}:<bucket> analytics counters (audit/stats.py): hashes, HyperLogLogs
+                       and sorted sets per UTC hour or day, kept a few days;
+                       one slot, so one script updates a whole batch
 
 Every key carries a TTL (``gw:all`` is pruned instead), so nothing outlives
 its purpose if a gateway dies. TTLs are relative (PEXPIRE), so the
@@ -49,9 +52,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ..config import RedisConfig
-from .base import (EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, REVOKED_BY_ADMIN, SESSION_LIMIT,
-                   USER_DISABLED, AtCapacity, EndedSession, Ending, Page, Session, SessionStore,
-                   StoreUnavailable, encode_fields)
+from .base import (EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP, REVOKED_BY_ADMIN,
+                   SESSION_LIMIT, USER_DISABLED, AtCapacity, Counts, CountsRead, EndedSession,
+                   Ending, Page, Session, SessionStore, StoreUnavailable, encode_fields)
 from .client import connect
 from .paging import decode_cursor, encode_cursor
 
@@ -220,6 +223,27 @@ end
 return out
 """
 
+# KEYS: every counter a batch touches (one slot). ARGV: seconds to keep them,
+# the size a ranking is cut to, and the ops as JSON: [op, key index, field
+# or member, n], op h = HINCRBY, o = HSETNX, u = PFADD, z = ZINCRBY.
+_COUNT = """
+local keep, cut = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ranked = {}
+for _, op in ipairs(cjson.decode(ARGV[3])) do
+  local key, kind = KEYS[op[2]], op[1]
+  if kind == 'h' then redis.call('HINCRBY', key, op[3], op[4])
+  elseif kind == 'o' then redis.call('HSETNX', key, op[3], op[4])
+  elseif kind == 'u' then redis.call('PFADD', key, op[3])
+  else redis.call('ZINCRBY', key, op[4], op[3]); ranked[key] = true end
+end
+for key in pairs(ranked) do
+  local extra = redis.call('ZCARD', key) - cut
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
+end
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, keep) end
+return 1
+"""
+
 # Why a session was revoked, as the first versions kept it (``:t:<sid>``).
 _LEGACY_REASONS = {"logout": LOGOUT, "revoked": REVOKED_BY_ADMIN, "disabled": USER_DISABLED,
                    "session_limit": SESSION_LIMIT}
@@ -275,6 +299,7 @@ class RedisSessionStore(SessionStore):
         self._end = self.redis.register_script(_END)
         self._alert = self.redis.register_script(_ALERT)
         self._user_sessions = self.redis.register_script(_USER_SESSIONS)
+        self._count = self.redis.register_script(_COUNT)
 
     # -- keys --------------------------------------------------------------
     def session_key(self, username: str, sid: str) -> str:
@@ -619,7 +644,8 @@ class RedisSessionStore(SessionStore):
     async def is_locked(self, username: str) -> bool:
         return bool(await self._call(lambda: self.redis.hexists(self.locks_key, username)))
 
-    async def audit_append(self, records: list[dict[str, Any]], retention: float) -> None:
+    async def audit_append(self, records: list[dict[str, Any]], retention: float,
+                           counts: Counts | None = None) -> None:
         oldest = int((self.clock() - retention) * 1000)
 
         async def run() -> None:
@@ -627,8 +653,54 @@ class RedisSessionStore(SessionStore):
                 for record in records:
                     pipe.xadd(self.audit_key, {"e": json.dumps(record, separators=(",", ":"))},
                               minid=oldest, approximate=True)
+                if counts:
+                    await self._count(*self._count_call(counts), client=pipe)
                 await pipe.execute()
         await self._call(run)
+
+    # -- analytics -----------------------------------------------------------------
+    def stats_key(self, bucket: str) -> str:
+        return f"{self.prefix}:{{stats}}:{bucket}"
+
+    def _count_call(self, counts: Counts) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of one _COUNT call."""
+        keys: dict[str, int] = {}
+
+        def at(bucket: str) -> int:
+            return keys.setdefault(self.stats_key(bucket), len(keys) + 1)
+        ops: list[list[Any]] = []
+        ops += [["h", at(k), f, n] for k, fields in counts.add.items() for f, n in fields.items()]
+        ops += [["o", at(k), f, n] for k, fields in counts.once.items() for f, n in fields.items()]
+        ops += [["u", at(k), m, 1] for k, members in counts.distinct.items() for m in members]
+        ops += [["z", at(k), m, n] for k, scores in counts.rank.items() for m, n in scores.items()]
+        return list(keys), [max(1, int(counts.keep)), RANK_KEEP, json.dumps(ops)]
+
+    async def count(self, counts: Counts) -> None:
+        if counts:
+            keys, args = self._count_call(counts)
+            await self._call(lambda: self._count(keys=keys, args=args))
+
+    async def read_counts(self, hashes: list[str], distinct: list[str], ranks: list[str],
+                          top: int) -> CountsRead:
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for bucket in hashes:
+                    pipe.hgetall(self.stats_key(bucket))
+                for bucket in distinct:
+                    pipe.pfcount(self.stats_key(bucket))
+                for bucket in ranks:
+                    pipe.zrange(self.stats_key(bucket), 0, top - 1, desc=True, withscores=True)
+                return await pipe.execute()
+        raw = await self._call(run)
+        got = iter(raw)
+        return CountsRead(
+            add={b: {k.decode(): int(v) for k, v in next(got).items()} for b in hashes},
+            distinct={b: int(next(got)) for b in distinct},
+            rank={b: [(m.decode(), int(n)) for m, n in next(got)] for b in ranks})
+
+    async def active_count(self, since: float) -> int:
+        return int(await self._call(lambda: self.redis.zcount(
+            self.all_key, f"({int(since * 1000)}", "+inf")))
 
     async def audit_page(self, before: str | None, count: int) -> list[tuple[str, dict[str, Any]]]:
         top = f"({before}" if before else "+"

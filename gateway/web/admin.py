@@ -8,6 +8,7 @@
     POST   /api/admin/users/{username}/unlock  {"locked": false}
     GET    /api/admin/users                    the users file's accounts, with locks
     GET    /api/admin/audit?user=&type=&ip=&since=&until=&cursor=&limit=&format=json|csv
+    GET    /api/admin/stats                    analytics (audit/stats.py)
 
 Every request checks the caller's role against ``admin.roles`` (from the
 users file, so a removed role takes effect at once): 401 without a
@@ -29,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from ..audit.search import audit_filter, audit_search, parse_time
+from ..audit.stats import report
 from ..auth.devices import describe
 from ..auth.security import fingerprint
 from ..auth.sessions import Identity
@@ -308,3 +310,17 @@ async def api_audit(request: web.Request) -> web.StreamResponse:
             "Cache-Control": "no-store",
             "Content-Disposition": 'attachment; filename="audit.csv"'})
     return _no_store({"events": events, "next_cursor": cursor})
+
+
+# -- analytics -------------------------------------------------------------------------
+
+async def api_stats(request: web.Request) -> web.Response:
+    gw = gateway_of(request)
+    refused = await _admin_first(request, gw)
+    if refused is not None:
+        return refused
+    try:
+        stats = await report(gw.store, gw.config.session.idle_timeout, gw.sessions.clock())
+    except StoreUnavailable:
+        return json_error(503, "STORE_UNAVAILABLE")
+    return _no_store(stats)

@@ -3,6 +3,7 @@
     GET  /admin?user=&ip=&device=&cursor=        live sessions
     GET  /admin?view=users                       accounts and locks
     GET  /admin?view=audit&user=&type=&ip=&since=&until=&cursor=
+    GET  /admin?view=stats&range=24h|7d          analytics, as charts (charts.py)
     POST /admin   action = revoke (sid) | logout | lock | unlock (user) | confirm (password)
 
 The same checks as the JSON API (admin.py): the role on every request, the
@@ -13,15 +14,18 @@ again before ending sessions or locking once the sign-in is older than
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from ..audit.search import audit_filter, audit_search, parse_time
+from ..audit.stats import SAMPLE_EVERY, report
 from ..auth.sessions import AuthError, Identity
 from ..errors import error_response, store_unavailable
 from ..store import REVOKED_BY_ADMIN, StoreUnavailable
+from . import charts
 from .admin import actor_of, find_sessions, users_with_locks
 from .guards import (csrf_ok, csrf_token, current_identity, gateway_of, render, same_origin,
                      see_other)
@@ -46,7 +50,7 @@ async def admin_page(request: web.Request, *, status: int = 200, error: str | No
     gw = gateway_of(request)
     q = request.query
     view = q.get("view", "sessions")
-    if view not in ("sessions", "users", "audit"):
+    if view not in ("sessions", "users", "audit", "stats"):
         view = "sessions"
     filters = {k: q.get(k, "") for k in ("user", "ip", "device", "type", "since", "until")}
     context: dict[str, Any] = {"sessions": [], "users": [], "events": [], "next_cursor": None,
@@ -64,6 +68,9 @@ async def admin_page(request: web.Request, *, status: int = 200, error: str | No
                  "cursor": cursor or ""}))
         elif view == "users":
             context["users"] = users_with_locks(gw, await gw.store.locks())
+        elif view == "stats":
+            stats = await report(gw.store, gw.config.session.idle_timeout, gw.sessions.clock())
+            context["stats"] = stats_view(stats, q.get("range") == "7d")
         else:
             since = parse_time(filters["since"]) if filters["since"] else None
             until = parse_time(filters["until"]) if filters["until"] else None
@@ -133,3 +140,52 @@ async def admin_submit(request: web.Request) -> web.StreamResponse:
     except StoreUnavailable:
         return store_unavailable(request)
     return await admin_page(request, notice=notice)
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _utc(ts: float, fmt: str) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime(fmt)
+
+
+def stats_view(stats: dict[str, Any], week: bool) -> dict[str, Any]:
+    """The analytics as the page shows them: figures, charts and their axis
+    labels, for the last 24 hours or (``week``) the last 7 days."""
+    now = _ts(stats["generated_at"])
+    span = 7 * 86400 if week else 86400
+    start = now - span
+    if week:
+        points = [(_ts(p["time"]), p["sessions"]) for p in stats["active"]["last_7d"]]
+        ticks = [_utc(now - 86400 * d, "%a") for d in range(6, -1, -1)]
+    else:
+        points = [(_ts(p["time"]), p["sessions"]) for p in stats["active"]["last_24h"]]
+        ticks = [_utc(now - 3600 * h, "%H:00") for h in (24, 18, 12, 6, 0)]
+    active, active_top = charts.line(points, start, now, 3600 if week else SAMPLE_EVERY,
+                                     "Active sessions over the " + ("last 7 days" if week
+                                                                    else "last 24 hours"))
+    hours = stats["logins"][-(168 if week else 24):]
+    logins, logins_top = charts.bars(
+        [(f"{h['hour'][:13].replace('T', ' ')}:00 UTC", (h["success"], h["failure"]))
+         for h in hours], "Sign-ins per hour, successful and failed", ("ok", "bad"))
+    users, users_top = charts.bars(
+        [(d["day"], (d["users"],)) for d in stats["unique_users"]],
+        "Users who signed in, per day", ("ok",))
+    day = stats["logins"][-24:]
+    return {
+        "week": week, "raw": stats, "ticks": ticks,
+        "signins_24h": sum(h["success"] for h in day),
+        "failures_24h": sum(h["failure"] for h in day),
+        "users_today": stats["unique_users"][-1]["users"],
+        "active": active, "active_top": active_top,
+        "active_peak": max((v for _, v in points), default=0),
+        "logins": logins, "logins_top": logins_top,
+        "users": users, "users_top": users_top,
+        "days": [d["day"][5:] for d in stats["unique_users"]],
+        "devices": {kind: charts.shares(stats["devices"][kind])
+                    for kind in ("type", "os", "browser")},
+        "lengths": charts.shares({b["bucket"]: b["sessions"] for b in stats["session_length"]},
+                                 ranked=False),
+        "failing": stats["top_failing_ips"],
+    }

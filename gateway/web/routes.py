@@ -63,6 +63,7 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
         "/api/admin/users/{username}/lock": {"POST": admin.api_lock},
         "/api/admin/users/{username}/unlock": {"POST": admin.api_unlock},
         "/api/admin/audit": {"GET": admin.api_audit},
+        "/api/admin/stats": {"GET": admin.api_stats},
         "/monitor.js": {"GET": monitor.script},
         "/monitor/signed-in": {"GET": monitor.signed_in},
         "/jwks.json": {"GET": machine.jwks},

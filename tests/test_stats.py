@@ -1,0 +1,204 @@
+"""Analytics: the counters after a scripted sequence of sign-ins, through the real
+gateway and store; what a sign-in costs Redis; the counters' own semantics on
+both stores; the charts page."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from authkit import api_login, send
+from conftest import Clock
+from gateway.audit import stats
+from gateway.state import GATEWAY
+from gateway.store import Counts
+from gateway.web import charts
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+          "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1")
+
+
+async def sign_in(client: Any, user: str, password: str, agent: str) -> Any:
+    return await send(client, "POST", "/_gateway/api/login", headers=[("User-Agent", agent)],
+                      json={"username": user, "password": password})
+
+
+async def test_the_counters_after_a_scripted_sequence_of_sign_ins(
+        upstream, make_config, gateway, store_settings):
+    clock = Clock()
+    client = await gateway(make_config(str(upstream.make_url("/")), session=store_settings),
+                           clock=clock)
+    admin = await api_login(client, "Admin", "admin-pw")
+    alice = await sign_in(client, "alice", "alice-pw", FIREFOX)
+    await sign_in(client, "alice", "alice-pw", IPHONE)
+    for name in ("alice", "nobody", "alice"):
+        assert (await sign_in(client, name, "wrong", FIREFOX)).status == 401
+    clock.advance(600)                                      # a 10-minute session, then
+    token = alice.set_cookies()["gateway_session"].split(";", 1)[0].split("=", 1)[1]
+    r = await send(client, "POST", "/_gateway/logout", token=token, json={},
+                   headers=[("User-Agent", FIREFOX)])
+    assert r.status in (200, 303)
+    gw = client.app[GATEWAY]
+    await gw.audit.flush()
+    await stats.sample_active(gw.store, gw.config.session.idle_timeout, clock())
+
+    r = await send(client, "GET", "/_gateway/api/admin/stats", token=admin)
+    assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+    got = r.json()
+    assert got["active"]["now"] == 2                         # admin, alice's phone
+    assert got["active"]["last_24h"][-1]["sessions"] == 2
+    assert sum(h["success"] for h in got["logins"]) == 3
+    assert sum(h["failure"] for h in got["logins"]) == 3
+    assert got["unique_users"][-1]["users"] == 2            # admin, alice
+    assert got["devices"]["type"]["mobile"] == 1
+    assert got["devices"]["browser"]["Firefox"] == 1
+    assert got["devices"]["os"]["iOS"] == 1
+    assert {b["bucket"]: b["sessions"] for b in got["session_length"]}["5-30 min"] == 1
+    assert got["top_failing_ips"] == [{"ip": "127.0.0.1", "failures": 3}]
+    assert len(got["logins"]) == 7 * 24 and len(got["unique_users"]) == 7
+
+
+async def test_a_sign_in_costs_redis_at_most_three_commands_for_audit_and_counters(
+        upstream, make_config, gateway, redis_server):
+    """Watched from Redis itself (MONITOR): the audit records (XADD) and the
+    counter script that 20 sign-ins, then one, add."""
+    import redis.asyncio as aioredis
+    redis_server.flush()
+    client = await gateway(make_config(str(upstream.make_url("/")), session={
+        "store": "redis", "redis": {"url": redis_server.url}, "max_per_user": 0}))
+    gw = client.app[GATEWAY]
+    counter_script = gw.store._count.sha
+    r = aioredis.from_url(redis_server.url)
+    try:
+        async with r.monitor() as monitor:
+            for batch in (20, 1):
+                await gw.audit.flush()
+                await r.set("mark", "start")
+                for _ in range(batch):
+                    assert (await sign_in(client, "alice", "alice-pw", FIREFOX)).status == 200
+                await gw.audit.flush()
+                await r.set("mark", "end")
+                seen: Counter[str] = Counter()
+                while (cmd := (await monitor.next_command())["command"]) != "SET mark end":
+                    name, *args = cmd.split()
+                    if name == "XADD" or (name == "EVALSHA" and args[0] == counter_script):
+                        seen[name] += 1
+                assert seen["XADD"] == batch                       # every sign-in recorded
+                assert 1 <= seen["EVALSHA"] <= batch               # counted, in batches
+                assert sum(seen.values()) <= 3 * batch, seen
+    finally:
+        await r.aclose()
+
+
+async def test_counts_add_once_and_rank_alike_on_both_stores(store):
+    await store.count(Counts(keep=60, add={"h:1": Counter(logins=2)},
+                             once={"a:1": {"0900": 5}}, distinct={"u:1": {"a", "b"}},
+                             rank={"f:1": Counter({"10.0.0.1": 2, "10.0.0.2": 1})}))
+    await store.count(Counts(keep=60, add={"h:1": Counter(logins=1, failures=1)},
+                             once={"a:1": {"0900": 9, "0905": 7}}, distinct={"u:1": {"b", "c"}},
+                             rank={"f:1": Counter({"10.0.0.2": 5})}))
+    read = await store.read_counts(["h:1", "a:1", "h:missing"], ["u:1", "u:missing"],
+                                   ["f:1"], top=1)
+    assert read.add == {"h:1": {"logins": 3, "failures": 1}, "a:1": {"0900": 5, "0905": 7},
+                        "h:missing": {}}
+    assert read.distinct == {"u:1": 3, "u:missing": 0}
+    assert read.rank == {"f:1": [("10.0.0.2", 6)]}
+
+
+async def test_a_ranking_keeps_only_its_top_members(store, monkeypatch):
+    import gateway.store.memory
+    import gateway.store.redis
+    monkeypatch.setattr(gateway.store.memory, "RANK_KEEP", 3)
+    monkeypatch.setattr(gateway.store.redis, "RANK_KEEP", 3)
+    await store.count(Counts(keep=60, rank={"f:1": Counter({f"10.0.0.{i}": i
+                                                              for i in range(1, 9)})}))
+    read = await store.read_counts([], [], ["f:1"], top=100)
+    assert [ip for ip, _ in read.rank["f:1"]] == ["10.0.0.8", "10.0.0.7", "10.0.0.6"]
+
+
+async def test_counters_are_kept_for_the_days_shown_and_then_forgotten(store, clock):
+    await store.count(Counts(keep=stats.KEEP_DAYS * 86400, add={"h:x": Counter(logins=1)}))
+    clock.advance(stats.DAYS * 86400)
+    assert (await store.read_counts(["h:x"], [], [], 1)).add["h:x"] == {"logins": 1}
+    if hasattr(store, "redis"):         # Redis expires keys on its own clock
+        ttl = await store.redis.ttl(store.stats_key("h:x"))
+        assert stats.DAYS * 86400 < ttl <= stats.KEEP_DAYS * 86400
+    else:
+        clock.advance(86400 + 1)
+        assert (await store.read_counts(["h:x"], [], [], 1)).add["h:x"] == {}
+
+
+async def test_one_sample_of_active_sessions_per_slot_whoever_takes_it(store, clock):
+    from gateway.store import Session
+    now = clock()
+    await store.create(Session("s1", "alice", now, now, now + 3600, 1800), 0, 60)
+    first = await stats.sample_active(store, 1800, now)
+    await store.create(Session("s2", "bob", now, now, now + 3600, 1800), 0, 60)
+    await stats.sample_active(store, 1800, now + 1)        # another worker, same slot
+    read = await store.read_counts([stats.day_key("a", now)], [], [], 1)
+    assert first == 1 and list(read.add[stats.day_key("a", now)].values()) == [1]
+    assert await store.active_count(now - 1800) == 2
+    assert await store.active_count(now + 1) == 0           # nobody active since
+
+
+def test_session_lengths_fall_in_their_buckets():
+    assert [stats.length_label(s) for s in (0, 299, 300, 7199, 86400, 10**9)] == [
+        "under 5 min", "under 5 min", "5-30 min", "30 min-2 h", "1-7 days", "over 7 days"]
+
+
+def test_charts_are_well_formed_svg_with_the_figures_as_titles():
+    chart, top = charts.bars([("09:00", (3, 1)), ("10:00", (0, 0)), ("<b>", (7, 0))],
+                             "Sign-ins", ("ok", "bad"))
+    svg = ET.fromstring(str(chart))
+    assert top == 10 and svg.get("aria-label") == "Sign-ins"
+    titles = [t.text for t in svg.iter("title")]
+    assert titles == ["09:00: 3 ok, 1 bad", "10:00: 0 ok, 0 bad", "<b>: 7 ok, 0 bad"]
+    assert len([r for r in svg.iter("rect")]) == 3
+    line, top = charts.line([(0, 1), (300, 4), (3000, 2)], 0, 3600, 300, "Active")
+    svg = ET.fromstring(str(line))
+    assert top == 5 and len(list(svg.iter("polyline"))) == 2    # the gap breaks the line
+    assert charts.shares({"a": 6, "b": 3, "c": 1}, limit=1) == [
+        {"name": "a", "n": 6, "percent": 60, "width": 100},
+        {"name": "Other", "n": 4, "percent": 40, "width": 67}]
+
+
+async def test_the_analytics_page_draws_its_charts_without_script(
+        upstream, make_config, gateway):
+    client = await gateway(make_config(str(upstream.make_url("/"))))
+    admin = await api_login(client, "Admin", "admin-pw")
+    alice = await api_login(client)
+    for who, status in ((alice, 403), (admin, 200)):
+        r = await send(client, "GET", "/_gateway/admin?view=stats", token=who,
+                       accept="text/html")
+        assert r.status == status
+    assert "<script" not in r.text and r.text.count("<svg") == 3
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    r = await send(client, "GET", "/_gateway/admin?view=stats&range=7d", token=admin,
+                   accept="text/html")
+    assert r.status == 200 and "show 24 hours" in r.text
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: Any, clock: Clock) -> Any:
+    if request.param == "memory":
+        from gateway.store.memory import MemorySessionStore
+        yield MemorySessionStore(clock)
+        return
+    import uuid
+
+    from gateway.config import RedisConfig
+    from gateway.store.redis import RedisSessionStore
+    server = request.getfixturevalue("redis_server")
+    s = RedisSessionStore(RedisConfig(url=server.url, key_prefix=f"t{uuid.uuid4().hex[:8]}"),
+                          clock=clock)
+    yield s
+    await s.close()
