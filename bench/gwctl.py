@@ -47,13 +47,16 @@ def password_hash(password: str = BENCH_PASSWORD) -> str:
 
 def write_config(dir: Path, *, port: int, redis_port: int, upstream_port: int,
                  workers: int, usernames: list[str], hashed: str,
-                 session_extra: dict[str, str] | None = None) -> GatewayConfig:
+                 session_extra: dict[str, str] | None = None,
+                 admins: tuple[str, ...] = ()) -> GatewayConfig:
     """The config of the brief: redis store, one upstream at ``/``, N workers.
 
-    ``session_extra`` adds keys to ``session:`` (e.g. ``cache_ttl: 0s``).
+    ``session_extra`` adds keys to ``session:`` (e.g. ``cache_ttl: 0s``);
+    the users in ``admins`` also get the ``admin`` role (the default ``admin.roles``).
     """
     users = [{"username": u, "password_hash": hashed, "email": f"{u}@example.com",
-              "name": u.title(), "roles": ["user"]} for u in usernames]
+              "name": u.title(), "roles": ["user", "admin"] if u in admins else ["user"]}
+             for u in usernames]
     (dir / "users.yaml").write_text(yaml.safe_dump({"users": users}, sort_keys=False))
     config = {
         "listen": f"127.0.0.1:{port}",
