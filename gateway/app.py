@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .audit.stats import keep_sampling
 from .audit.trail import AuditTrail
+from .audit.versions import note_config, note_users
 from .proxy.access import Router
 from .auth.assertion import AssertionSigner, load_or_create_key
 from .config import Config, IdentityHeaders, origin_of
@@ -81,6 +82,12 @@ def create_app(config: Config, store: SessionStore | None = None,
         gw.sessions.events.subscribe(gw.audit.record)
         users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),
                                                       "end sessions of lost users")
+        users.on_reload = lambda: background.spawn(
+            note_users(session_store, gw.sessions.events, users, clock), "users version")
+        background.spawn(note_config(session_store, gw.sessions.events, config, clock),
+                         "config version")
+        background.spawn(note_users(session_store, gw.sessions.events, users, clock),
+                         "users version")
         background.spawn(gw.sessions.follow_revocations(), "revocation feed")
         background.spawn(_watch_users_file(users), "users file")
         background.spawn(keep_sampling(session_store, config.session.idle_timeout, clock),

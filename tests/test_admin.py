@@ -196,6 +196,66 @@ async def test_every_kind_of_event_is_recorded_once_with_its_actor(
     assert all(e["result"] == "failure" and e["severity"] == "warning" for e in failures)
 
 
+async def test_a_new_users_file_or_config_is_recorded_once_across_workers(
+        upstream, make_config, gateway, redis_server, tmp_path):
+    """Two gateways on one Redis stand for two workers; the first start records
+    nothing (no version to compare with), a change once."""
+    from conftest import USERS, write_users
+    redis_server.flush()
+    config = make_config(str(upstream.make_url("/")),
+                         session={"store": "redis", "redis": {"url": redis_server.url}})
+    first, second = await gateway(config), await gateway(config)
+    admin = await api_login(first, "Admin", "admin-pw")
+
+    async def recorded(kind: str, count: int) -> list[dict[str, Any]]:
+        for _ in range(100):                       # the versions are compared in the background
+            for client in (first, second):
+                await client.app[GATEWAY].audit.flush()
+            events = [e for e in await audit(first, admin) if e["type"] == kind]
+            if len(events) >= count:
+                return events
+            await asyncio.sleep(0.02)
+        return events
+    assert await recorded("users.reloaded", 0) == []
+    write_users(tmp_path, USERS[:2])                 # dave is gone
+    for client in (first, second):
+        client.app[GATEWAY].users.all()            # each worker's file check
+    (event,) = await recorded("users.reloaded", 1)
+    assert (event["actor"], event["details"]["users"]) == ("users-file", "2")
+    assert event["severity"] == "notice"
+
+    changed = make_config(str(upstream.make_url("/")), session={
+        "store": "redis", "redis": {"url": redis_server.url}, "idle_timeout": "5m"})
+    await gateway(changed)
+    await gateway(changed)                           # a second worker with the same config
+    (event,) = await recorded("config.reloaded", 1)
+    assert (event["actor"], event["details"]["changed"]) == ("config-file", "session")
+    await asyncio.sleep(0.1)
+    assert len(await recorded("users.reloaded", 2)) == 1     # the same users file: no change
+
+
+def test_config_fingerprints_are_the_same_for_the_same_config(make_config, tmp_path):
+    """Across processes too: a set's order follows each process's hash seed."""
+    import subprocess
+    import sys
+    from gateway.audit.versions import config_fingerprints
+    a = make_config("http://127.0.0.1:9", upstreams=[{
+        "name": "app", "url": "http://127.0.0.1:9", "websocket_origins": [
+            f"https://o{i}.example" for i in range(8)]}])
+    script = ("import pathlib, yaml; from gateway.config.load import build_config; "
+              "from gateway.audit.versions import config_fingerprints; "
+              f"c = build_config(yaml.safe_load(open({str(tmp_path / 'config.yaml')!r})), "
+              f"base_dir=pathlib.Path({str(tmp_path)!r}), env={{}}); print(config_fingerprints(c))")
+    seen = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={"PYTHONHASHSEED": seed}, check=True).stdout
+            for seed in ("1", "2", "3")}
+    assert seen == {f"{config_fingerprints(a)}\n"}
+    b = make_config("http://127.0.0.1:9")
+    c = make_config("http://127.0.0.1:9", secret="another-secret-" + "x" * 40)
+    changed = {k for k, v in config_fingerprints(c).items() if config_fingerprints(b)[k] != v}
+    assert changed == {"secret"}
+
+
 async def test_the_audit_viewer_filters_and_exports(console):
     client, admin = console
     await api_login(client)

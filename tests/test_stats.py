@@ -145,6 +145,13 @@ async def test_one_sample_of_active_sessions_per_slot_whoever_takes_it(store, cl
     assert await store.active_count(now + 1) == 0           # nobody active since
 
 
+async def test_swap_hands_back_what_was_there_alike_on_both_stores(store):
+    assert await store.swap("users", {"version": "a"}) == {}
+    assert await store.swap("users", {"version": "b", "n": "2"}) == {"version": "a"}
+    assert await store.swap("config", {"x": "1"}) == {}
+    assert await store.swap("users", {}) == {"version": "b", "n": "2"}
+
+
 def test_session_lengths_fall_in_their_buckets():
     assert [stats.length_label(s) for s in (0, 299, 300, 7199, 86400, 10**9)] == [
         "under 5 min", "under 5 min", "5-30 min", "30 min-2 h", "1-7 days", "over 7 days"]

@@ -49,7 +49,8 @@ _ENDED_AS = {"logout": "logout", "idle": "session.expired", "absolute": "session
 _SEVERITY = {"login.failure": "warning", "session.revoked": "notice",
              "session.evicted": "notice", "user.logged_out_by_admin": "notice",
              "user.locked": "warning", "user.unlocked": "notice",
-             "throttle.blocked": "warning"}
+             "throttle.blocked": "warning", "users.reloaded": "notice",
+             "config.reloaded": "notice"}
 
 
 def audit_type(event: SessionEvent) -> str:

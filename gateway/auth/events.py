@@ -25,16 +25,18 @@ LOGGED_OUT_BY_ADMIN = "user.logged_out_by_admin"
 LOCKED = "user.locked"
 UNLOCKED = "user.unlocked"
 USERS_RELOADED = "users.reloaded"
+CONFIG_RELOADED = "config.reloaded"
 
 
 @dataclass(frozen=True)
 class SessionEvent:
     """Something that happened to a session, or to a user without one
-    (``session`` None: a failed sign-in, a lock, a users-file reload)."""
+    (``session`` None: a failed sign-in, a lock, a new users file or config)."""
     type: str               # STARTED | ENDED | security.* | the user-level types above
     session: Session | None
     at: float               # unix seconds
-    actor: str              # who did it: the username, "admin:<name>", "cli", "system", "users-file"
+    actor: str              # who did it: the username, "admin:<name>", "cli", "system",
+                            # "users-file", "config-file"
     status: str = "ACTIVE"  # for ENDED: LOGGED_OUT | REVOKED | EXPIRED
     reason: str = ""        # for ENDED: an Ending reason; for a failed sign-in, why
     details: Mapping[str, str] = field(default_factory=dict)   # for security.*: the finding

@@ -135,7 +135,8 @@ class UserDirectory:
     """In-memory users, refreshed from the file whenever it changes on disk.
 
     ``on_lost`` is called with the keys of users that were removed or
-    disabled by a reload, so their sessions can be ended.
+    disabled by a reload, so their sessions can be ended; ``on_reload``
+    after every reload that took.
     """
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
@@ -148,6 +149,7 @@ class UserDirectory:
                                         thread_name_prefix="argon2",
                                         initializer=_lowest_priority)
         self.on_lost: Callable[[set[str]], None] | None = None
+        self.on_reload: Callable[[], None] | None = None
 
     def get(self, username: str) -> User | None:
         self._refresh()
@@ -174,6 +176,8 @@ class UserDirectory:
         log.info("users file reloaded: %d users", len(fresh))
         if lost and self.on_lost:
             self.on_lost(lost)
+        if self.on_reload:
+            self.on_reload()
 
     async def verify(self, username: str, password: str) -> User | None:
         """The user if the password is right and the user may sign in, else None."""

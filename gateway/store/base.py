@@ -322,6 +322,12 @@ class SessionStore(ABC):
     async def audit_after(self, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to ``count`` entries newer than the entry id ``after``, oldest first."""
 
+    @abstractmethod
+    async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
+        """Replace the small map ``name`` with ``values`` and return what it
+        held, in one atomic step: of many workers writing the same values,
+        only the first sees a difference (audit/versions.py)."""
+
     # -- analytics: counters kept as events happen, never by scanning ----------------
     @abstractmethod
     async def count(self, counts: Counts) -> None:

@@ -37,6 +37,7 @@ class MemorySessionStore(SessionStore):
         self._audit: deque[tuple[str, dict[str, Any]]] = deque(maxlen=AUDIT_MAX)
         self._audit_ms, self._audit_seq = 0, 0
         self._marks: dict[str, tuple[float, set[str]]] = {}
+        self._swapped: dict[str, dict[str, str]] = {}
         # Analytics: key -> (kept until, a Counter of fields or a set of members).
         self._counts: dict[str, tuple[float, Any]] = {}
 
@@ -192,6 +193,10 @@ class MemorySessionStore(SessionStore):
     async def audit_after(self, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         floor = _entry_key(after)
         return [(i, dict(r)) for i, r in self._audit if _entry_key(i) > floor][:count]
+
+    async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
+        old, self._swapped[name] = self._swapped.get(name, {}), dict(values)
+        return old
 
     async def count(self, counts: Counts) -> None:
         until = self._clock() + counts.keep

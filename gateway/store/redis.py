@@ -19,6 +19,8 @@ the per-user scripts stay legal there):
     gw:revoked         pub/sub channel: the id of every ended session
     gw:locks           hash: locked users (admin console), no TTL
     gw:audit           stream: the audit trail, trimmed to ``audit.retention``
+    gw:v:<name>        hash: the version of the config or users file in effect
+                       (audit/versions.py), no TTL
     gw:{stats}:<bucket> analytics counters (audit/stats.py): hashes, HyperLogLogs
                        and sorted sets per UTC hour or day, kept a few days;
                        one slot, so one script updates a whole batch
@@ -244,6 +246,14 @@ for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, keep) end
 return 1
 """
 
+# KEYS: the map. ARGV: its new fields, flat. Returns what it held, flat.
+_SWAP = """
+local old = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+if #ARGV > 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return old
+"""
+
 # Why a session was revoked, as the first versions kept it (``:t:<sid>``).
 _LEGACY_REASONS = {"logout": LOGOUT, "revoked": REVOKED_BY_ADMIN, "disabled": USER_DISABLED,
                    "session_limit": SESSION_LIMIT}
@@ -300,6 +310,7 @@ class RedisSessionStore(SessionStore):
         self._alert = self.redis.register_script(_ALERT)
         self._user_sessions = self.redis.register_script(_USER_SESSIONS)
         self._count = self.redis.register_script(_COUNT)
+        self._swap = self.redis.register_script(_SWAP)
 
     # -- keys --------------------------------------------------------------
     def session_key(self, username: str, sid: str) -> str:
@@ -657,6 +668,11 @@ class RedisSessionStore(SessionStore):
                     await self._count(*self._count_call(counts), client=pipe)
                 await pipe.execute()
         await self._call(run)
+
+    async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
+        old = await self._call(lambda: self._swap(keys=[f"{self.prefix}:v:{name}"],
+                                                  args=_pairs(values)))
+        return {k.decode(): v.decode() for k, v in _flat_to_dict(old).items()}
 
     # -- analytics -----------------------------------------------------------------
     def stats_key(self, bucket: str) -> str:
