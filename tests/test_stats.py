@@ -1,6 +1,6 @@
 """Analytics: the counters after a scripted sequence of sign-ins, through the real
-gateway and store; what a sign-in costs Redis; the counters' own semantics on
-both stores; the charts page."""
+gateway and store; what a sign-in costs Redis; the charts and their page. The
+counters' store semantics are in the store suite (test_store.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any
 
-import pytest
-
 from authkit import api_login, send
 from conftest import Clock
 from gateway.audit import stats
 from gateway.state import GATEWAY
-from gateway.store import Counts
 from gateway.web import charts
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0"
@@ -94,64 +91,6 @@ async def test_a_sign_in_costs_redis_at_most_three_commands_for_audit_and_counte
         await r.aclose()
 
 
-async def test_counts_add_once_and_rank_alike_on_both_stores(store):
-    await store.count(Counts(keep=60, add={"h:1": Counter(logins=2)},
-                             once={"a:1": {"0900": 5}}, distinct={"u:1": {"a", "b"}},
-                             rank={"f:1": Counter({"10.0.0.1": 2, "10.0.0.2": 1})}))
-    await store.count(Counts(keep=60, add={"h:1": Counter(logins=1, failures=1)},
-                             once={"a:1": {"0900": 9, "0905": 7}}, distinct={"u:1": {"b", "c"}},
-                             rank={"f:1": Counter({"10.0.0.2": 5})}))
-    read = await store.read_counts(["h:1", "a:1", "h:missing"], ["u:1", "u:missing"],
-                                   ["f:1"], top=1)
-    assert read.add == {"h:1": {"logins": 3, "failures": 1}, "a:1": {"0900": 5, "0905": 7},
-                        "h:missing": {}}
-    assert read.distinct == {"u:1": 3, "u:missing": 0}
-    assert read.rank == {"f:1": [("10.0.0.2", 6)]}
-
-
-async def test_a_ranking_keeps_only_its_top_members(store, monkeypatch):
-    import gateway.store.memory
-    import gateway.store.redis
-    monkeypatch.setattr(gateway.store.memory, "RANK_KEEP", 3)
-    monkeypatch.setattr(gateway.store.redis, "RANK_KEEP", 3)
-    await store.count(Counts(keep=60, rank={"f:1": Counter({f"10.0.0.{i}": i
-                                                              for i in range(1, 9)})}))
-    read = await store.read_counts([], [], ["f:1"], top=100)
-    assert [ip for ip, _ in read.rank["f:1"]] == ["10.0.0.8", "10.0.0.7", "10.0.0.6"]
-
-
-async def test_counters_are_kept_for_the_days_shown_and_then_forgotten(store, clock):
-    await store.count(Counts(keep=stats.KEEP_DAYS * 86400, add={"h:x": Counter(logins=1)}))
-    clock.advance(stats.DAYS * 86400)
-    assert (await store.read_counts(["h:x"], [], [], 1)).add["h:x"] == {"logins": 1}
-    if hasattr(store, "redis"):         # Redis expires keys on its own clock
-        ttl = await store.redis.ttl(store.stats_key("h:x"))
-        assert stats.DAYS * 86400 < ttl <= stats.KEEP_DAYS * 86400
-    else:
-        clock.advance(86400 + 1)
-        assert (await store.read_counts(["h:x"], [], [], 1)).add["h:x"] == {}
-
-
-async def test_one_sample_of_active_sessions_per_slot_whoever_takes_it(store, clock):
-    from gateway.store import Session
-    now = clock()
-    await store.create(Session("s1", "alice", now, now, now + 3600, 1800), 0, 60)
-    first = await stats.sample_active(store, 1800, now)
-    await store.create(Session("s2", "bob", now, now, now + 3600, 1800), 0, 60)
-    await stats.sample_active(store, 1800, now + 1)        # another worker, same slot
-    read = await store.read_counts([stats.day_key("a", now)], [], [], 1)
-    assert first == 1 and list(read.add[stats.day_key("a", now)].values()) == [1]
-    assert await store.active_count(now - 1800) == 2
-    assert await store.active_count(now + 1) == 0           # nobody active since
-
-
-async def test_swap_hands_back_what_was_there_alike_on_both_stores(store):
-    assert await store.swap("users", {"version": "a"}) == {}
-    assert await store.swap("users", {"version": "b", "n": "2"}) == {"version": "a"}
-    assert await store.swap("config", {"x": "1"}) == {}
-    assert await store.swap("users", {}) == {"version": "b", "n": "2"}
-
-
 def test_session_lengths_fall_in_their_buckets():
     assert [stats.length_label(s) for s in (0, 299, 300, 7199, 86400, 10**9)] == [
         "under 5 min", "under 5 min", "5-30 min", "30 min-2 h", "1-7 days", "over 7 days"]
@@ -187,25 +126,3 @@ async def test_the_analytics_page_draws_its_charts_without_script(
     r = await send(client, "GET", "/_gateway/admin?view=stats&range=7d", token=admin,
                    accept="text/html")
     assert r.status == 200 and "show 24 hours" in r.text
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: Any, clock: Clock) -> Any:
-    if request.param == "memory":
-        from gateway.store.memory import MemorySessionStore
-        yield MemorySessionStore(clock)
-        return
-    import uuid
-
-    from gateway.config import RedisConfig
-    from gateway.store.redis import RedisSessionStore
-    server = request.getfixturevalue("redis_server")
-    s = RedisSessionStore(RedisConfig(url=server.url, key_prefix=f"t{uuid.uuid4().hex[:8]}"),
-                          clock=clock)
-    yield s
-    await s.close()

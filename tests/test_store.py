@@ -10,16 +10,18 @@ import asyncio
 import re
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from conftest import Clock
+from gateway.audit import stats
 from gateway.config import RedisConfig
 from gateway.store import (LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT,
                            USER_DISABLED, EndedSession, Session)
-from gateway.store.base import MAX_FINDINGS
+from gateway.store.base import MAX_FINDINGS, Counts
 from gateway.store.memory import MemorySessionStore
 from gateway.store.redis import RedisSessionStore, user_tag
 
@@ -480,7 +482,7 @@ async def test_redis_keys_of_one_user_share_a_hash_slot_tag(redis_store, raw_red
     await create(store, *alice, bob)
     await store.end("alice", alice[0].id, LOGOUT, "alice", clock(), HISTORY)
     keys = [k for k in await _keys(raw_redis, store.prefix)
-            if not k.startswith((f"{store.prefix}:o:", store.all_key))]
+            if not k.startswith((f"{store.prefix}:o:", store.all_key, f"{store.prefix}:ip:"))]
     parsed = [TAGGED.match(k) for k in keys]
     assert all(parsed), keys
     kinds: dict[str, set[str]] = {}
@@ -593,3 +595,81 @@ async def test_the_audit_trail_reads_forward_from_an_entry(store, clock):
     assert [r["n"] for _, r in after] == [1, 2]
     assert [r["n"] for _, r in await store.audit_after(after[-1][0], 10)] == [3, 4]
     assert await store.audit_after("0-0", 10) != []
+
+
+# -- analytics counters and version swaps ---------------------------------------------
+
+async def test_counts_add_once_and_rank(store):
+    await store.count(Counts(keep=60, add={"h:1": Counter(logins=2)},
+                             once={"a:1": {"0900": 5}}, distinct={"u:1": {"a", "b"}},
+                             rank={"f:1": Counter({"10.0.0.1": 2, "10.0.0.2": 1})}))
+    await store.count(Counts(keep=60, add={"h:1": Counter(logins=1, failures=1)},
+                             once={"a:1": {"0900": 9, "0905": 7}}, distinct={"u:1": {"b", "c"}},
+                             rank={"f:1": Counter({"10.0.0.2": 5})}))
+    read = await store.read_counts(["h:1", "a:1", "h:missing"], ["u:1", "u:missing"],
+                                   ["f:1"], top=1)
+    assert read.add == {"h:1": {"logins": 3, "failures": 1}, "a:1": {"0900": 5, "0905": 7},
+                        "h:missing": {}}
+    assert read.distinct == {"u:1": 3, "u:missing": 0}
+    assert read.rank == {"f:1": [("10.0.0.2", 6)]}
+
+
+async def test_a_ranking_keeps_only_its_top_members(store, monkeypatch):
+    import gateway.store.memory
+    import gateway.store.redis
+    monkeypatch.setattr(gateway.store.memory, "RANK_KEEP", 3)
+    monkeypatch.setattr(gateway.store.redis, "RANK_KEEP", 3)
+    await store.count(Counts(keep=60, rank={"f:1": Counter({f"10.0.0.{i}": i
+                                                              for i in range(1, 9)})}))
+    read = await store.read_counts([], [], ["f:1"], top=100)
+    assert [ip for ip, _ in read.rank["f:1"]] == ["10.0.0.8", "10.0.0.7", "10.0.0.6"]
+
+
+async def test_counters_are_kept_for_the_days_shown_and_then_forgotten(store, clock):
+    await store.count(Counts(keep=stats.KEEP_DAYS * 86400, add={"h:x": Counter(logins=1)}))
+    clock.advance(stats.DAYS * 86400)
+    assert (await store.read_counts(["h:x"], [], [], 1)).add["h:x"] == {"logins": 1}
+    if hasattr(store, "redis"):         # Redis expires keys on its own clock
+        ttl = await store.redis.ttl(store.stats_key("h:x"))
+        assert stats.DAYS * 86400 < ttl <= stats.KEEP_DAYS * 86400
+    else:
+        clock.advance(86400 + 1)
+        assert (await store.read_counts(["h:x"], [], [], 1)).add["h:x"] == {}
+
+
+async def test_one_sample_of_active_sessions_per_slot_whoever_takes_it(store, clock):
+    from gateway.store import Session
+    now = clock()
+    await store.create(Session("s1", "alice", now, now, now + 3600, 1800), 0, 60)
+    first = await stats.sample_active(store, 1800, now)
+    await store.create(Session("s2", "bob", now, now, now + 3600, 1800), 0, 60)
+    await stats.sample_active(store, 1800, now + 1)        # another worker, same slot
+    read = await store.read_counts([stats.day_key("a", now)], [], [], 1)
+    assert first == 1 and list(read.add[stats.day_key("a", now)].values()) == [1]
+    assert await store.active_count(now - 1800) == 2
+    assert await store.active_count(now + 1) == 0           # nobody active since
+
+
+async def test_swap_hands_back_what_was_there(store):
+    assert await store.swap("users", {"version": "a"}) == {}
+    assert await store.swap("users", {"version": "b", "n": "2"}) == {"version": "a"}
+    assert await store.swap("config", {"x": "1"}) == {}
+    assert await store.swap("users", {}) == {"version": "b", "n": "2"}
+
+
+async def test_sessions_by_address_follow_moves_and_ends(store, clock):
+    from dataclasses import replace
+    a, b, c = (replace(make(clock, user), ip="203.0.113.9") for user in ("alice", "bob", "carol"))
+    other = make(clock, "dave")                                  # 10.0.0.1
+    await create(store, a, b, c, other)
+    clock.advance(5)
+    moved = replace(b, ip="198.51.100.1", last_seen_at=clock())
+    assert await store.touch(moved, {"last_seen_at": clock(), "ip": moved.ip})
+    touched = replace(c, last_seen_at=clock())
+    assert await store.touch(touched, {"last_seen_at": clock()})
+    await store.end("alice", a.id, LOGOUT, "alice", clock(), HISTORY)
+    assert ids(await store.ip_sessions("203.0.113.9", 10)) == [c.id]     # most recent first
+    assert ids(await store.ip_sessions("198.51.100.1", 10)) == [b.id]
+    assert ids(await store.ip_sessions("192.0.2.1", 10)) == []
+    clock.advance(601)                                           # all idle now
+    assert await store.ip_sessions("198.51.100.1", 10) == []

@@ -92,6 +92,13 @@ def to_record(event: SessionEvent, device: str) -> dict[str, Any]:
     }
 
 
+def _worth_a_line(total: int, added: int) -> bool:
+    """Log a count that keeps growing when it starts, passes 100, and every
+    10,000 after: a sink that stays down must not flood the log."""
+    return any(total - added < mark <= total for mark in (1, 100)) or \
+        total % 10_000 < added
+
+
 def _device_text(devices: dict[str, Device], agent: str) -> str:
     return devices[agent].text() if agent else ""
 
@@ -129,7 +136,7 @@ class AuditTrail:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped += 1
-            if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
+            if _worth_a_line(self.dropped, 1):
                 log.error("audit queue full: %d events dropped so far", self.dropped)
 
     async def flush(self) -> None:
@@ -186,7 +193,7 @@ class AuditTrail:
                 await asyncio.to_thread(self._file.write, lines)
             except (OSError, ValueError) as exc:     # a full disk, a closed pipe
                 self.file_failures += len(records)
-                if self.file_failures == len(records) or self.file_failures % 10_000 < len(records):
+                if _worth_a_line(self.file_failures, len(records)):
                     log.error("audit: cannot write audit.file (%s); %d records missed it so "
                               "far", exc, self.file_failures)
         if self._webhook is not None:
@@ -229,7 +236,7 @@ class Webhook:
                 self._queue.put_nowait(record)
             except asyncio.QueueFull:
                 self.dropped += 1
-                if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
+                if _worth_a_line(self.dropped, 1):
                     log.error("audit webhook queue full: %d events dropped so far",
                               self.dropped)
 

@@ -278,6 +278,11 @@ class SessionStore(ABC):
         """All live sessions, most recently active first, a page at a time."""
 
     @abstractmethod
+    async def ip_sessions(self, ip: str, limit: int) -> list[Session]:
+        """Live sessions whose current address is ``ip``, most recently active
+        first, at most ``limit``: O(their count), never a scan of everyone."""
+
+    @abstractmethod
     async def add_security_event(self, username: str, sid: str, mark: str,
                                  record: dict[str, Any] | None, keep: float,
                                  history: float) -> bool:

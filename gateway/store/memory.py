@@ -128,6 +128,12 @@ class MemorySessionStore(SessionStore):
         return Page([replace(s, extra=dict(s.extra)) for s in page],
                     cursors[-1] if more else None, cursors)
 
+    async def ip_sessions(self, ip: str, limit: int) -> list[Session]:
+        now = self._clock()
+        found = sorted((s for s in self._sessions.values() if s.ip == ip and s.alive(now)),
+                       key=lambda s: (-s.last_seen_at, s.id))
+        return [replace(s, extra=dict(s.extra)) for s in found[:limit]]
+
     async def add_security_event(self, username: str, sid: str, mark: str,
                                  record: dict[str, Any] | None, keep: float,
                                  history: float) -> bool:

@@ -16,6 +16,8 @@ the per-user scripts stay legal there):
     gw:o:<sid>         the session's user: find by id in O(1)
     gw:all             sorted set of every session (``tag:sid``), by last
                        activity: the paged global listing
+    gw:ip:<ip>         sorted set of the sessions last seen from an address,
+                       by last activity: the admin console's filter by IP
     gw:revoked         pub/sub channel: the id of every ended session
     gw:locks           hash: locked users (admin console), no TTL
     gw:audit           stream: the audit trail, trimmed to ``audit.retention``
@@ -338,6 +340,9 @@ class RedisSessionStore(SessionStore):
     def all_key(self) -> str:
         return f"{self.prefix}:all"
 
+    def ip_key(self, ip: str) -> str:
+        return f"{self.prefix}:ip:{ip}"
+
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
             return await op()
@@ -374,10 +379,23 @@ class RedisSessionStore(SessionStore):
             pipe.set(self.owner_key(session.id), session.username, px=max(1, owner_ms))
             pipe.zadd(self.all_key, {f"{tag}:{session.id}": int(session.last_seen_at * 1000)})
             pipe.zremrangebyscore(self.all_key, "-inf", int((now - self.max_idle) * 1000))
+            self._by_ip(pipe, session)
+            pipe.zremrangebyscore(self.ip_key(session.ip), "-inf",
+                                  int((now - self.max_idle) * 1000))
             for old in evicted:
                 pipe.delete(self.owner_key(old.id))
                 pipe.zrem(self.all_key, f"{tag}:{old.id}")
+                pipe.zrem(self.ip_key(old.ip), f"{tag}:{old.id}")
             await pipe.execute()
+
+    def _by_ip(self, pipe: Any, session: Session) -> None:
+        """List the session under its current address (kept as long as a
+        session can stay idle); an entry left under an earlier address is
+        dropped when a reader finds the session moved on."""
+        key = self.ip_key(session.ip)
+        pipe.zadd(key, {f"{user_tag(session.username)}:{session.id}":
+                        int(session.last_seen_at * 1000)}, gt=True)
+        pipe.pexpire(key, int(self.max_idle * 1000))
 
     async def get(self, username: str, sid: str) -> Session | None:
         key = self.session_key(username, sid)
@@ -409,8 +427,9 @@ class RedisSessionStore(SessionStore):
                 # XX: never re-list an ended session; GT: racing touches keep the latest.
                 pipe.zadd(self.all_key, {member: int(session.last_seen_at * 1000)},
                           xx=True, gt=True)
+                self._by_ip(pipe, session)
                 return await pipe.execute()
-        done, _ = await self._call(run)
+        done, *_ = await self._call(run)
         if done == 2:     # a record of the first versions: give it the indexes it lacked
             await self._call(lambda: self._index(session, [], now))
         return bool(done)
@@ -427,13 +446,17 @@ class RedisSessionStore(SessionStore):
         if not flat:
             return None     # nothing of this user's: leave every index alone
 
+        session = Session.from_fields(_flat_to_dict(flat))
+
         async def unindex() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(self.owner_key(sid))
                 pipe.zrem(self.all_key, f"{tag}:{sid}")
+                if session is not None:
+                    pipe.zrem(self.ip_key(session.ip), f"{tag}:{sid}")
                 await pipe.execute()
         await self._call(unindex)
-        return Session.from_fields(_flat_to_dict(flat))
+        return session
 
     async def ended(self, username: str, sid: str) -> EndedSession | None:
         raw = await self._call(lambda: self.redis.hgetall(self.ended_key(username, sid)))
@@ -519,6 +542,20 @@ class RedisSessionStore(SessionStore):
             return Page([s for s, _, _ in found], None, cursors)
         return Page([s for s, _, _ in found[:limit]], cursors[-1], cursors)
 
+    async def ip_sessions(self, ip: str, limit: int) -> list[Session]:
+        key = self.ip_key(ip)
+        entries = await self._call(lambda: self.redis.zrange(key, 0, limit - 1, desc=True,
+                                                             withscores=True))
+        batch = [(m.decode(), int(sc)) for m, sc in entries]
+        sessions, _ = await self._load(batch, key)
+        now = self.clock()
+        here = [s for s in sessions if s is not None and s.alive(now) and s.ip == ip]
+        moved = [f"{user_tag(s.username)}:{s.id}" for s in sessions
+                 if s is not None and s.ip != ip]
+        if moved:
+            await self._call(lambda: self.redis.zrem(key, *moved))
+        return here
+
     async def _position_after(self, after: tuple[float, str]) -> int:
         """Where the page after the cursor's entry starts. If that entry moved
         (new activity) or went, resume after its old score instead."""
@@ -535,9 +572,10 @@ class RedisSessionStore(SessionStore):
             return rank + 1
         return above
 
-    async def _load(self, entries: list[tuple[str, int]]) -> tuple[list[Session | None], int]:
-        """The sessions behind global-listing entries, and how many entries
-        pointed at nothing (those are removed)."""
+    async def _load(self, entries: list[tuple[str, int]],
+                    index: str | None = None) -> tuple[list[Session | None], int]:
+        """The sessions behind entries of an index (``gw:all`` unless said),
+        and how many entries pointed at nothing (those are removed)."""
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for member, _ in entries:
@@ -553,7 +591,7 @@ class RedisSessionStore(SessionStore):
                 dangling.append(member)
             out.append(session)
         if dangling:
-            await self._call(lambda: self.redis.zrem(self.all_key, *dangling))
+            await self._call(lambda: self.redis.zrem(index or self.all_key, *dangling))
         return out, len(dangling)
 
     async def watch_revocations(self, on_ready: Callable[[], None],

@@ -82,10 +82,11 @@ async def find_sessions(gw: Gateway, user: str, ip: str, device: str, cursor: st
         return (s.alive(now) and (not ip or s.ip == ip) and
                 (not device or device.lower() in describe(s.user_agent).text().lower()))
     found: list[Any] = []
-    if user:
-        # One user's sessions come whole (a user has at most max_per_user
-        # of them; without a cap, the most recent MAX_LIMIT).
-        mine = await gw.store.user_sessions(user)
+    if user or ip:
+        # One user's or one address's sessions come whole, from their index
+        # (a user has at most max_per_user; otherwise the most recent MAX_LIMIT).
+        mine = await (gw.store.user_sessions(user) if user
+                      else gw.store.ip_sessions(ip, MAX_LIMIT))
         found = sorted(await asyncio.to_thread(lambda: [s for s in mine if keep(s)]),
                        key=lambda s: -s.last_seen_at)[:MAX_LIMIT]
         cursor = None
