@@ -23,6 +23,7 @@ from aiohttp import web
 from .audit.stats import keep_sampling
 from .audit.trail import AuditTrail
 from .audit.versions import note_config, note_users
+from .security_headers import add_security_headers
 from .proxy.access import Router
 from .auth.assertion import AssertionSigner, load_or_create_key
 from .config import Config, IdentityHeaders, origin_of
@@ -113,6 +114,7 @@ def create_app(config: Config, store: SessionStore | None = None,
 
     app.cleanup_ctx.append(resources)
     add_gateway_routes(app, config)
+    add_security_headers(app, config)
     # [\s\S]: a decoded path may hold a newline, which '.' would not match.
     app.router.add_route("*", r"/{path:[\s\S]*}", handle)
     return app

@@ -120,6 +120,15 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class SecurityHeaders:
+    # Strict-Transport-Security on the gateway's own answers when public_url
+    # is https (0: none); includeSubDomains only when asked, since it binds
+    # every subdomain of the host to HTTPS too.
+    hsts_max_age: float = key("365d", v.duration(minimum=0))
+    hsts_include_subdomains: bool = key(False, v.boolean)
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     url: str | None = key(None, v.optional_url(("http", "https")))
     events: tuple[str, ...] = key(["*"], v.lowercase_list)
@@ -187,6 +196,7 @@ class Config:
     session: SessionConfig = section(SessionConfig)
     security_events: SecurityEvents = section(SecurityEvents)
     admin: AdminConfig = section(AdminConfig)
+    security_headers: SecurityHeaders = section(SecurityHeaders)
     audit: AuditConfig = section(AuditConfig)
     users: UsersConfig = section(UsersConfig)
     limits: Limits = section(Limits)

@@ -24,6 +24,7 @@ from yarl import URL
 
 from ..config import Upstream
 from ..errors import error_response
+from ..security_headers import UPSTREAM_ANSWER
 from .headers import cookie_key, downstream_response_headers
 from .monitor import Injector, adjust_headers, inject, injectable
 
@@ -167,12 +168,15 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
             length = upstream_response.content_length
             if length is not None and length <= _SMALL_BODY and request.method != "HEAD":
                 small = await upstream_response.read()
-                return web.Response(status=upstream_response.status,
-                                    reason=upstream_response.reason, headers=out_headers,
-                                    body=inject(small, monitor) if injector else small)
+                answer = web.Response(status=upstream_response.status,
+                                      reason=upstream_response.reason, headers=out_headers,
+                                      body=inject(small, monitor) if injector else small)
+                answer[UPSTREAM_ANSWER] = True
+                return answer
             response = web.StreamResponse(
                 status=upstream_response.status, reason=upstream_response.reason,
                 headers=out_headers)
+            response[UPSTREAM_ANSWER] = True
             await response.prepare(request)
             async for chunk in upstream_response.content.iter_any():
                 if injector is not None and not (chunk := injector.feed(chunk)):

@@ -18,6 +18,7 @@ from yarl import URL
 
 from ..config import Upstream
 from ..errors import error_response
+from ..security_headers import UPSTREAM_ANSWER
 
 log = logging.getLogger("gateway.proxy")
 
@@ -63,6 +64,7 @@ async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: U
     client_ws = web.WebSocketResponse(
         protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
         autoclose=False, autoping=True, max_msg_size=_WS_MAX_MESSAGE)
+    client_ws[UPSTREAM_ANSWER] = True
     try:
         await client_ws.prepare(request)
         relays = [asyncio.ensure_future(_relay(client_ws, upstream_ws)),

@@ -62,11 +62,17 @@ def same_origin(request: web.Request, gw: Gateway) -> bool:
     """Origin (or Referer) must be this site when a browser sends one.
 
     The public URL's origin and the origin the request itself arrived on
-    are both this site; a cross-site page can forge neither header.
+    are both this site; a cross-site page can forge neither header. Under
+    the gateway's ``Referrer-Policy: no-referrer`` a browser posts the
+    gateway's own forms with ``Origin: null``; so does a sandboxed frame on
+    any site, so "null" passes only with ``Sec-Fetch-Site: same-origin``,
+    which no page can set.
     """
     source = request.headers.get("Origin") or request.headers.get("Referer")
     if source is None:
         return True
+    if source == "null":
+        return request.headers.get("Sec-Fetch-Site") == "same-origin"
     seen = origin_of(source)
     return seen is not None and seen in (gw.public_origin,
                                          origin_of(f"{request.scheme}://{request.host}"))
