@@ -254,6 +254,9 @@ def test_config_fingerprints_are_the_same_for_the_same_config(make_config, tmp_p
     c = make_config("http://127.0.0.1:9", secret="another-secret-" + "x" * 40)
     changed = {k for k, v in config_fingerprints(c).items() if config_fingerprints(b)[k] != v}
     assert changed == {"secret"}
+    elsewhere = make_config("http://127.0.0.1:9", listen="127.0.0.1:9999", log_level="debug",
+                            session={"redis": {"url": "redis://10.0.0.5:6379/0"}})
+    assert config_fingerprints(elsewhere) == config_fingerprints(b)     # another instance
 
 
 async def test_the_audit_viewer_filters_and_exports(console):

@@ -217,6 +217,11 @@ def test_host_header() -> None:
     ("127.0.0.1", ["6.6.6.6, 10.0.0.9"], LOCAL, "10.0.0.9"),
     ("::1", ["2001:db8::1"], PROXIES, "2001:db8::1"),
     (None, ["1.2.3.4"], LOCAL, ""),
+    # Only addresses are believed, written one way; garbage stops the walk at
+    # the last hop that is an address.
+    ("::1", ["2001:DB8:0::1"], PROXIES, "2001:db8::1"),
+    ("127.0.0.1", ["1.2.3.4, \udcff"], LOCAL, "127.0.0.1"),
+    ("127.0.0.1", ["1.2.3.4, not-an-ip, 10.0.0.2"], PROXIES, "10.0.0.2"),
 ])
 def test_client_ip(peer: str | None, xff: list[str], trusted: tuple[Any, ...],
                    expected: str) -> None:

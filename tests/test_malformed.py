@@ -158,3 +158,28 @@ async def test_stalled_small_body_gets_408_and_never_reaches_the_upstream(
     finally:
         writer.close()
     assert calls == []
+
+
+async def test_bytes_that_are_not_utf8_in_the_user_agent_and_a_lone_surrogate_in_json(
+        upstream: Any, make_config: Any, gateway: Any, store_settings: Any) -> None:
+    """They reach the session, the audit trail and the analytics as U+FFFD:
+    every page that shows them still renders (it used to answer 500)."""
+    from authkit import api_login, send
+    from gateway.state import GATEWAY
+    client = await gateway(make_config(str(upstream.make_url("/")), session=store_settings))
+    admin = await api_login(client, "Admin", "admin-pw")
+    for body in (b'{"username":"alice","password":"alice-pw"}',
+                 b'{"username":"al\\udcffice","password":"x\\ud800"}'):
+        reply = await raw_exchange(client, b"POST /_gateway/api/login HTTP/1.1\r\n"
+                                   b"Host: x\r\nConnection: close\r\n"
+                                   b"Content-Type: application/json\r\n"
+                                   b"User-Agent: \xff/1.0 CFNetwork/1.0 Darwin/19.0\r\n"
+                                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert reply.split(b" ", 2)[1] in (b"200", b"401"), reply[:200]
+    await client.app[GATEWAY].audit.flush()
+    for view in ("sessions", "audit", "stats"):
+        r = await send(client, "GET", f"/_gateway/admin?view={view}", token=admin,
+                       accept="text/html")
+        assert r.status == 200, view
+    r = await send(client, "GET", "/_gateway/api/admin/audit?type=login.failure", token=admin)
+    assert r.json()["events"][0]["user"] == "al\ufffdice"

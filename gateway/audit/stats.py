@@ -15,7 +15,9 @@ never a scan of sessions. What is counted, per UTC hour (``h:``) or day:
 
 A session that times out without anyone noticing has no ending event, so
 session lengths count the ends the gateway saw (logouts, revocations,
-evictions, expiries observed). Everything is kept KEEP_DAYS.
+evictions, expiries observed). Events the audit trail drops (a full queue,
+a store down for a whole batch's retries) are not counted either.
+Everything is kept KEEP_DAYS.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 from ..auth.devices import Device
 from ..auth.events import ENDED, SIGN_IN_FAILED, STARTED, SessionEvent
-from ..store import Counts, SessionStore, StoreUnavailable
+from ..store import EXPIRED, Counts, SessionStore, StoreUnavailable
 
 log = logging.getLogger("gateway.stats")
 
@@ -87,7 +89,10 @@ def tally(events: Iterable[SessionEvent], device_of: Callable[[str], Device]) ->
             if event.ip:
                 counts.rank.setdefault(day_key("f", event.at), Counter())[event.ip] += 1
         elif event.type == ENDED and session is not None:
-            add(day_key("d", event.at), "len:" + length_label(event.at - session.created_at))
+            # An expiry is noticed later than it happened: count to its end.
+            end = min(event.at, session.idle_expires_at) if event.status == EXPIRED \
+                else event.at
+            add(day_key("d", event.at), "len:" + length_label(end - session.created_at))
     return counts
 
 

@@ -9,7 +9,11 @@ store that held no version yet (the first start) records none. The
 gateway reads its config at start, so a changed config is recorded by the
 first start that uses it, with the sections that changed. Fingerprints are
 truncated SHA-256 digests of the effective values (a rotated secret shows as
-a change of ``secret``, never its value).
+a change of ``secret``, never its value). Not recorded: a change made while
+the store could not be reached (the next start or reload records it then),
+and any change with the memory store, where every start is a first.
+Instances that run different users files on one store record each other's
+reloads as changes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from ..auth.events import CONFIG_RELOADED, USERS_RELOADED, Events, SessionEvent
 from ..auth.users import UserDirectory
-from ..config import Config
+from ..config import Config, RedisConfig
 from ..store import SessionStore, StoreUnavailable
 
 log = logging.getLogger("gateway.audit")
@@ -48,11 +52,22 @@ def canonical(value: Any) -> str:
     return repr(value)
 
 
+# What may differ from one instance to the next without the configuration
+# having changed: where it listens, its size, how it reaches Redis, its logs.
+_PER_INSTANCE = {"base_dir", "listen", "workers", "shutdown_timeout", "log_level",
+                 "access_log"}
+
+
 def config_fingerprints(config: Config) -> dict[str, str]:
     """One fingerprint per top-level key, of the values after validation
-    (environment variables filled in, defaults applied)."""
-    return {f.name: _digest(canonical(getattr(config, f.name)))
-            for f in dataclasses.fields(config) if f.name != "base_dir"}
+    (environment variables filled in, defaults applied), leaving out what
+    is per instance, so instances that share a store do not take turns
+    recording a change."""
+    out = {f.name: _digest(canonical(getattr(config, f.name)))
+           for f in dataclasses.fields(config) if f.name not in _PER_INSTANCE}
+    out["session"] = _digest(canonical(dataclasses.replace(config.session,
+                                                           redis=RedisConfig())))
+    return out
 
 
 async def note_config(store: SessionStore, events: Events, config: Config,

@@ -203,8 +203,10 @@ class UserDirectory:
         return user, "ok"
 
     def _check(self, stored: str, password: str) -> bool:
+        # surrogatepass: a lone surrogate (JSON allows one) costs the same
+        # full verification as any wrong password, never an error.
         try:
-            return self._hasher.verify(stored, password)
+            return self._hasher.verify(stored, password.encode("utf-8", "surrogatepass"))
         except (VerificationError, InvalidHashError):
             return False
 

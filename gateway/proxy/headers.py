@@ -73,7 +73,8 @@ def client_ip(peer: str | None, headers: CIMultiDict[str], trusted: tuple) -> st
     """The first address, right to left, that is not a trusted proxy.
 
     A client can put anything in X-Forwarded-For; only the entries appended
-    by proxies we trust are believed, starting from the direct peer.
+    by proxies we trust are believed, starting from the direct peer, and
+    only as IP addresses (written the one standard way).
     """
     if not peer:
         return ""
@@ -82,10 +83,27 @@ def client_ip(peer: str | None, headers: CIMultiDict[str], trusted: tuple) -> st
     chain = [peer]
     for value in reversed(headers.getall("X-Forwarded-For", [])):
         chain.extend(a.strip() for a in reversed(value.split(",")) if a.strip())
-    for addr in chain:
-        if not _trusted(addr, trusted):
-            return addr
+    for i, addr in enumerate(chain):
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:      # a trusted hop passed on garbage: the last address we can name
+            return chain[i - 1]
+        if not any(ip in net for net in trusted):
+            return str(ip)
     return chain[-1]
+
+
+def user_agent_of(headers: CIMultiDict[str]) -> str:
+    """The User-Agent as text that can be stored and shown."""
+    return valid_text(headers.get("User-Agent", ""))
+
+
+def valid_text(value: str) -> str:
+    """Text that encodes as UTF-8: surrogates (what aiohttp keeps of bytes
+    that are not UTF-8, or a lone one from JSON) become U+FFFD."""
+    if value.isascii():
+        return value
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
 
 
 def _trusted(addr: str, trusted: tuple) -> bool:

@@ -27,7 +27,8 @@ from ..store import StoreUnavailable
 from .access import upstream_path
 from .decide import Refusal, counts_as_activity, decide
 from .forward import forward
-from .headers import REFUSAL_MARK, client_ip, safe_header_value, upstream_request_headers
+from .headers import (REFUSAL_MARK, client_ip, safe_header_value, upstream_request_headers,
+                      user_agent_of)
 from .monitor import wants_page
 from .websocket import forward_websocket, is_websocket
 
@@ -46,7 +47,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
     # 2-5. The decision: canonical path, upstream, path parameters, session, roles.
     ip = client_ip(request.remote, request.headers, config.trusted_proxies)
-    user_agent = request.headers.get("User-Agent", "")
+    user_agent = user_agent_of(request.headers)
     headers_in = request.headers
     activity = counts_as_activity(config.session.activity, headers_in.get("Sec-Fetch-Mode"),
                                   headers_in.get("Sec-Fetch-Dest"))

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -63,6 +64,7 @@ from .client import connect
 from .paging import decode_cursor, encode_cursor
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.store")
 
 # A legacy record (a JSON string) becomes a hash; every script calls this
 # first. Returns the fields (flat) and whether the record was converted.
@@ -432,6 +434,8 @@ class RedisSessionStore(SessionStore):
         done, *_ = await self._call(run)
         if done == 2:     # a record of the first versions: give it the indexes it lacked
             await self._call(lambda: self._index(session, [], now))
+        elif not done:    # it ended meanwhile: take back the address entry just written
+            await self._call(lambda: self.redis.zrem(self.ip_key(session.ip), member))
         return bool(done)
 
     async def end(self, username: str, sid: str, ending: Ending, actor: str,
@@ -543,17 +547,24 @@ class RedisSessionStore(SessionStore):
         return Page([s for s, _, _ in found[:limit]], cursors[-1], cursors)
 
     async def ip_sessions(self, ip: str, limit: int) -> list[Session]:
+        """Entries of sessions that moved to another address or are over
+        (expired unnoticed) are dropped as they are met."""
         key = self.ip_key(ip)
-        entries = await self._call(lambda: self.redis.zrange(key, 0, limit - 1, desc=True,
-                                                             withscores=True))
+        now = self.clock()
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(key, "-inf", int((now - self.max_idle) * 1000))
+                pipe.zrange(key, 0, limit - 1, desc=True, withscores=True)
+                return await pipe.execute()
+        _, entries = await self._call(run)
         batch = [(m.decode(), int(sc)) for m, sc in entries]
         sessions, _ = await self._load(batch, key)
-        now = self.clock()
         here = [s for s in sessions if s is not None and s.alive(now) and s.ip == ip]
-        moved = [f"{user_tag(s.username)}:{s.id}" for s in sessions
-                 if s is not None and s.ip != ip]
-        if moved:
-            await self._call(lambda: self.redis.zrem(key, *moved))
+        stale = [f"{user_tag(s.username)}:{s.id}" for s in sessions
+                 if s is not None and (s.ip != ip or not s.alive(now))]
+        if stale:
+            await self._call(lambda: self.redis.zrem(key, *stale))
         return here
 
     async def _position_after(self, after: tuple[float, str]) -> int:
@@ -697,15 +708,21 @@ class RedisSessionStore(SessionStore):
                            counts: Counts | None = None) -> None:
         oldest = int((self.clock() - retention) * 1000)
 
-        async def run() -> None:
+        async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for record in records:
                     pipe.xadd(self.audit_key, {"e": json.dumps(record, separators=(",", ":"))},
                               minid=oldest, approximate=True)
                 if counts:
                     await self._count(*self._count_call(counts), client=pipe)
-                await pipe.execute()
-        await self._call(run)
+                return await pipe.execute(raise_on_error=False)
+        # Only a lost connection raises (and the batch is sent again); a
+        # command Redis refused has been refused for good, and the others of
+        # the batch are applied: sending them again would append them twice.
+        refused = [r for r in await self._call(run) if isinstance(r, Exception)]
+        if refused:
+            log.error("audit: Redis refused %d of the %d writes of a batch (%s)", len(refused),
+                      len(records) + bool(counts), type(refused[0]).__name__)
 
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old = await self._call(lambda: self._swap(keys=[f"{self.prefix}:v:{name}"],

@@ -158,7 +158,7 @@ def stats_view(stats: dict[str, Any], week: bool) -> dict[str, Any]:
     start = now - span
     if week:
         points = [(_ts(p["time"]), p["sessions"]) for p in stats["active"]["last_7d"]]
-        ticks = [_utc(now - 86400 * d, "%a") for d in range(6, -1, -1)]
+        ticks = [_utc(now - 86400 * d, "%a") for d in range(7, -1, -1)]
     else:
         points = [(_ts(p["time"]), p["sessions"]) for p in stats["active"]["last_24h"]]
         ticks = [_utc(now - 3600 * h, "%H:00") for h in (24, 18, 12, 6, 0)]

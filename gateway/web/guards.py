@@ -22,7 +22,7 @@ from ..auth.cookies import NOTICE_COOKIE, clear_session_cookie
 from ..auth.sessions import NOTICES, SESSION_NOT_FOUND, AuthError, Identity
 from ..config import origin_of
 from ..errors import MESSAGES, json_error, json_response
-from ..proxy.headers import client_ip, cookie_value
+from ..proxy.headers import client_ip, cookie_value, user_agent_of
 from ..state import GATEWAY, Gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -96,7 +96,7 @@ async def csrf_ok(request: web.Request, sent: object) -> bool:
 def client_of(request: web.Request, gw: Gateway) -> tuple[str, str]:
     """``(client IP, User-Agent)`` as the session records them."""
     return (client_ip(request.remote, request.headers, gw.config.trusted_proxies),
-            request.headers.get("User-Agent", ""))
+            user_agent_of(request.headers))
 
 
 async def current_identity(request: web.Request, gw: Gateway, *, touch: bool = False,

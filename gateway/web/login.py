@@ -14,6 +14,7 @@ from aiohttp_session import get_session
 from ..auth.cookies import NOTICE_COOKIE, clear_session_cookie, set_notice, set_session_cookie
 from ..auth.sessions import NOTICES, AuthError, Identity
 from ..errors import MESSAGES, error_response, json_error, json_response, store_unavailable
+from ..proxy.headers import valid_text
 from ..state import Gateway
 from ..store import LOGOUT, AtCapacity, Session, StoreUnavailable
 from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of,
@@ -74,7 +75,8 @@ async def login_page(request: web.Request, *, status: int = 200, error: str | No
 async def login_submit(request: web.Request) -> web.StreamResponse:
     gw = gateway_of(request)
     form = await request.post()
-    username, password = str(form.get("username", "")), str(form.get("password", ""))
+    # The typed name is shown again and audited as typed: as valid text.
+    username, password = valid_text(str(form.get("username", ""))), str(form.get("password", ""))
     remember, rd = form.get("remember") in ("1", "on", "true"), str(form.get("rd", "/"))
     make_room = form.get("make_room") == "1"
     if not same_origin(request, gw) or not await csrf_ok(request, form.get("csrf_token")):
@@ -108,7 +110,7 @@ async def api_login(request: web.Request) -> web.StreamResponse:
     if not isinstance(body.get("username"), str) or not isinstance(body.get("password"), str):
         return json_error(400, "BAD_REQUEST", "Send JSON with string fields username and password.")
     try:
-        identity = await sign_in(request, gw, body["username"], body["password"],
+        identity = await sign_in(request, gw, valid_text(body["username"]), body["password"],
                                  body.get("remember") is True, body.get("make_room") is True)
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
