@@ -673,3 +673,32 @@ async def test_sessions_by_address_follow_moves_and_ends(store, clock):
     assert ids(await store.ip_sessions("192.0.2.1", 10)) == []
     clock.advance(601)                                           # all idle now
     assert await store.ip_sessions("198.51.100.1", 10) == []
+
+
+async def test_redis_touch_and_audit_are_one_round_trip_and_survive_a_script_flush(
+        redis_store, raw_redis, clock):
+    """Scripts in pipelines go as bare EVALSHA (redis-py would first send
+    SCRIPT EXISTS, a round trip of its own); a Redis that forgot them gets
+    them loaded and the work done once."""
+    store = redis_store
+    s = make(clock)
+    await create(store, s)
+    counts = Counts(keep=60, add={"h:1": Counter(logins=1)})
+    async with raw_redis.monitor() as monitor:
+        for run in ("first", "warm", "flushed"):
+            if run == "flushed":
+                await raw_redis.script_flush()
+            clock.advance(20)
+            await raw_redis.set("mark", "start")
+            assert await touch(store, s, last_seen_at=clock())
+            await store.audit_append([{"type": run}], 3600, counts)
+            await raw_redis.set("mark", "end")
+            seen = []
+            while (got := await monitor.next_command())["command"] != "SET mark end":
+                if got.get("client_type") != "lua" and "mark" not in got["command"]:
+                    seen.append(got["command"].split()[0])
+            if run == "warm":
+                assert seen == ["EVALSHA", "ZADD", "ZADD", "PEXPIRE", "XADD", "EVALSHA"], seen
+            assert seen.count("XADD") == 1
+    assert len(await store.audit_page(None, 10)) == 3
+    assert (await store.read_counts(["h:1"], [], [], 1)).add["h:1"] == {"logins": 3}

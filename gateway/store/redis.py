@@ -54,7 +54,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import RedisConfig
 from .base import (EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP, REVOKED_BY_ADMIN,
@@ -273,6 +273,12 @@ def user_tag(username: str) -> str:
     return hashlib.sha256(username.encode()).hexdigest()[:20]
 
 
+def _queue(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+    """A script in a pipeline as a bare EVALSHA: given the script itself,
+    redis-py first asks SCRIPT EXISTS, a round trip of its own."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
 def _pairs(fields: dict[str, str]) -> list[str]:
     return [x for kv in fields.items() for x in kv]
 
@@ -344,6 +350,16 @@ class RedisSessionStore(SessionStore):
 
     def ip_key(self, ip: str) -> str:
         return f"{self.prefix}:ip:{ip}"
+
+    async def _loading(self, run: Callable[[], Awaitable[T]], script: Any) -> T:
+        """Run a pipeline that queued ``script`` by EVALSHA; if Redis forgot
+        it (a restart, SCRIPT FLUSH), load it and run the pipeline again
+        (its other commands are idempotent)."""
+        try:
+            return await run()
+        except NoScriptError:
+            await self.redis.script_load(script.script)
+            return await run()
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -423,15 +439,14 @@ class RedisSessionStore(SessionStore):
 
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._touch(keys=[key], args=[repr(now), keep_ms,
-                                                    *_pairs(encode_fields(changes))],
-                                  client=pipe)
+                _queue(pipe, self._touch, [key], [repr(now), keep_ms,
+                                                  *_pairs(encode_fields(changes))])
                 # XX: never re-list an ended session; GT: racing touches keep the latest.
                 pipe.zadd(self.all_key, {member: int(session.last_seen_at * 1000)},
                           xx=True, gt=True)
                 self._by_ip(pipe, session)
                 return await pipe.execute()
-        done, *_ = await self._call(run)
+        done, *_ = await self._call(lambda: self._loading(run, self._touch))
         if done == 2:     # a record of the first versions: give it the indexes it lacked
             await self._call(lambda: self._index(session, [], now))
         elif not done:    # it ended meanwhile: take back the address entry just written
@@ -714,12 +729,16 @@ class RedisSessionStore(SessionStore):
                     pipe.xadd(self.audit_key, {"e": json.dumps(record, separators=(",", ":"))},
                               minid=oldest, approximate=True)
                 if counts:
-                    await self._count(*self._count_call(counts), client=pipe)
+                    _queue(pipe, self._count, *self._count_call(counts))
                 return await pipe.execute(raise_on_error=False)
         # Only a lost connection raises (and the batch is sent again); a
         # command Redis refused has been refused for good, and the others of
         # the batch are applied: sending them again would append them twice.
-        refused = [r for r in await self._call(run) if isinstance(r, Exception)]
+        results = await self._call(run)
+        if counts and isinstance(results[-1], NoScriptError):     # Redis forgot the script
+            await self.count(counts)
+            results.pop()
+        refused = [r for r in results if isinstance(r, Exception)]
         if refused:
             log.error("audit: Redis refused %d of the %d writes of a batch (%s)", len(refused),
                       len(records) + bool(counts), type(refused[0]).__name__)
