@@ -190,8 +190,12 @@ class _RecordedPipeline:
     def set(self, key: str, value: str, px: int) -> None:
         self.out.append(_resp("SET", key, value, "PX", px))
 
-    def zadd(self, key: str, mapping: dict[str, int]) -> None:
-        self.out.append(_resp("ZADD", key, *[x for m, sc in mapping.items() for x in (sc, m)]))
+    def zadd(self, key: str, mapping: dict[str, int], gt: bool = False) -> None:
+        self.out.append(_resp("ZADD", key, *(["GT"] if gt else []),
+                              *[x for m, sc in mapping.items() for x in (sc, m)]))
+
+    def pexpire(self, key: str, ms: int) -> None:
+        self.out.append(_resp("PEXPIRE", key, ms))
 
     def zremrangebyscore(self, key: str, low: object, high: object) -> None:
         self.out.append(_resp("ZREMRANGEBYSCORE", key, low, high))
