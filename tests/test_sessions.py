@@ -407,12 +407,20 @@ async def test_api_session_without_cookie_is_session_not_found(cfg, gateway):
     assert (r.status, r.json()["error"]) == (401, "SESSION_NOT_FOUND")
 
 
-async def test_api_session_with_garbage_clears_the_cookie(cfg, gateway):
+async def test_a_dead_cookie_is_cleared_by_a_navigation_never_by_a_script_s_request(
+        cfg, gateway):
+    """A script's request in flight while another tab signs in would clear
+    the new session's cookie as its answer lands; a navigation shows the
+    login page anyway."""
     client = await gateway(cfg())
     r = await send(client, "GET", "/_gateway/api/session", token="garbage")
     assert (r.status, r.json()["error"]) == (401, "JWT_INVALID")
-    cleared = cookie_attrs(r.set_cookies()[COOKIE])
-    assert cleared.get("max-age") == "0"
+    assert COOKIE not in r.set_cookies()
+    r = await send(client, "GET", "/x", token="garbage")
+    assert r.status == 401 and COOKIE not in r.set_cookies()
+    r = await send(client, "GET", "/x", token="garbage", accept="text/html")
+    assert r.status == 302
+    assert cookie_attrs(r.set_cookies()[COOKIE]).get("max-age") == "0"
 
 
 # -- POST /_gateway/api/session/refresh ----------------------------------------------

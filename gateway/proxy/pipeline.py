@@ -150,9 +150,12 @@ def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) ->
     ``Sec-Fetch-Mode``, a script's fetch (htmx and kin accept HTML too: a
     redirect would hand them the login page as if it were their answer).
     The 401 carries ``Gateway-Refusal: session``, by which the session
-    monitor knows the upstream never saw the request. A cookie that named a
-    dead session is cleared, and a short-lived notice cookie tells the login
-    page why the user has to sign in again.
+    monitor knows the upstream never saw the request. A short-lived notice
+    cookie tells the login page why the user has to sign in again. The
+    cookie that named the dead session is cleared on a navigation only: a
+    script's request still in flight when another tab signs in would
+    otherwise clear the new session's cookie as its answer lands (a dead
+    cookie left in place costs nothing; the store refuses it).
     """
     mode = request.headers.get("Sec-Fetch-Mode")
     browser = request.method in ("GET", "HEAD") and wants_html(request) and \
@@ -164,7 +167,8 @@ def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) ->
     else:
         response = json_error(401, exc.code, headers=_REFUSED)
     if had_cookie:
-        clear_session_cookie(response, gw.config)
+        if browser:
+            clear_session_cookie(response, gw.config)
         if exc.notice:
             set_notice(response, gw.config, exc.notice)
     return response

@@ -18,8 +18,8 @@ import jinja2
 from aiohttp import web
 from aiohttp_session import get_session
 
-from ..auth.cookies import NOTICE_COOKIE, clear_session_cookie
-from ..auth.sessions import NOTICES, SESSION_NOT_FOUND, AuthError, Identity
+from ..auth.cookies import NOTICE_COOKIE
+from ..auth.sessions import NOTICES, AuthError, Identity
 from ..config import origin_of
 from ..errors import MESSAGES, json_error, json_response
 from ..proxy.headers import client_ip, cookie_value, user_agent_of
@@ -129,14 +129,15 @@ async def api_identity(request: web.Request, gw: Gateway, *, touch: bool = False
                        force_touch: bool = False) -> Identity | web.Response:
     """The caller's identity for a JSON endpoint, or its 401: the code says
     why (and for an ended session, ``reason`` and ``reason_text``, which the
-    session monitor shows), and a cookie that named a dead session is
-    cleared. StoreUnavailable propagates."""
+    session monitor shows). The cookie is left alone: this answer may land
+    after another tab's sign-in set a new one (pipeline.deny). StoreUnavailable
+    propagates."""
     try:
         return await current_identity(request, gw, touch=touch, force_touch=force_touch)
     except AuthError as exc:
         headers = {"Cache-Control": "no-store"}
-        # No cookie left: a proxied request that met the end cleared it, and
-        # left the notice the login page will show; the reason is in that.
+        # No cookie left: a navigation that met the end cleared it, and left
+        # the notice the login page will show; the reason is in that.
         notice = exc.notice or request.cookies.get(NOTICE_COOKIE)
         if notice in NOTICES:
             response = json_response(401, {"error": exc.code, "message": MESSAGES[exc.code],
@@ -144,6 +145,4 @@ async def api_identity(request: web.Request, gw: Gateway, *, touch: bool = False
                                            "reason_text": NOTICES[notice]}, headers)
         else:
             response = json_error(401, exc.code, headers=headers)
-        if exc.code != SESSION_NOT_FOUND:
-            clear_session_cookie(response, gw.config)
         return response
