@@ -31,7 +31,7 @@ from .proxy.headers import fold
 from .proxy.pipeline import handle
 from .proxy.forward import ResponseGuard, new_client_session
 from .proxy.monitor import script_tag
-from .auth.cookies import NOTICE_COOKIE
+from .auth.cookies import NOTICE_COOKIE, DeviceCookie
 from .auth.devices import warm_up
 from .auth.geo import Locator
 from .auth.sessions import USERS_FILE, SessionService
@@ -57,7 +57,8 @@ def create_app(config: Config, store: SessionStore | None = None,
                           client_max_size=64 * 2**10)
     signer = AssertionSigner(load_or_create_key(config.assertion_key_file),
                              issuer=config.public_url, lifetime=config.assertion.lifetime)
-    own_cookies = frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE})
+    own_cookies = frozenset({config.cookie_name, FORM_COOKIE, NOTICE_COOKIE,
+                             config.device_cookie_name})
     users = UserDirectory(config.users_file)
     locator = Locator(config.geoip_database) if config.geoip_database else None
 
@@ -78,7 +79,8 @@ def create_app(config: Config, store: SessionStore | None = None,
             public_origin=origin_of(config.public_url),
             locator=locator,
             monitor_tag=script_tag(config.prefix),
-            audit=AuditTrail(config, session_store, background.spawn, client))
+            audit=AuditTrail(config, session_store, background.spawn, client),
+            devices=DeviceCookie(config.secret, config.throttle.device_cookie_lifetime, clock))
         app[GATEWAY] = gw
         gw.sessions.events.subscribe(gw.audit.record)
         users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),

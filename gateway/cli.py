@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
 
@@ -118,16 +118,9 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
     # The same lifecycle as the running gateway: ended records, the feed to
     # every worker's cache, one event; the actor is the CLI.
     service = SessionService(config, store, users=None, tokens=None, watch=False)
-    from .audit.trail import AuditTrail
-    try:
-        # Recorded like a worker's actions; audit.file "-" would mix the
-        # records into this command's output, so the CLI leaves it out.
-        audit = AuditTrail(config, store, to_stdout=False)
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        await store.close()
+    audit = await _recorded(config, store, service)
+    if audit is None:
         return 1
-    service.events.subscribe(audit.record)
     try:
         if args.action == "list":
             print(f"{'ID':<44} {'USER':<20} {'CREATED':<20} {'LAST SEEN':<20} IP")
@@ -144,6 +137,64 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
         print(f"revoked {ended} session{'s' if ended != 1 else ''}")
         await audit.flush()
         return 0 if ended or args.user else 1
+    except StoreUnavailable:
+        print("session.redis.url: the session store is unreachable", file=sys.stderr)
+        return 1
+    finally:
+        audit.close()
+        await store.close()
+
+
+async def _recorded(config: Config, store: Any, service: Any) -> Any:
+    """An audit trail for a command's actions, recorded like a worker's
+    (None, the store closed, when audit.file cannot be opened)."""
+    from .audit.trail import AuditTrail
+    try:
+        # audit.file "-" would mix the records into this command's output,
+        # so the CLI leaves it out.
+        audit = AuditTrail(config, store, to_stdout=False)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        await store.close()
+        return None
+    service.events.subscribe(audit.record)
+    return audit
+
+
+def cmd_throttle(args: argparse.Namespace) -> int:
+    config = _shared_store(args, "login blocks")
+    return 1 if config is None else asyncio.run(_throttle(config, args))
+
+
+async def _throttle(config: Config, args: argparse.Namespace) -> int:
+    from .auth.events import THROTTLE_CLEARED, SessionEvent
+    from .auth.sessions import SessionService
+    from .store import StoreUnavailable, create_store
+    store = create_store(config.session)
+    service = SessionService(config, store, users=None, tokens=None, watch=False)
+    audit = await _recorded(config, store, service)
+    if audit is None:
+        return 1
+    try:
+        blocks = await store.throttle_blocks()
+        if args.action == "list":
+            print(f"{'KIND':<8} {'USER':<24} {'IP':<40} UNTIL")
+            for b in blocks:
+                print(f"{b.info.get('kind', ''):<8} {b.info.get('user', '-'):<24} "
+                      f"{b.info.get('ip', '-'):<40} {_when(b.until)}")
+            return 0
+        user = canonical_username(args.user) if args.user else None
+        chosen = [b.key for b in blocks if args.all or
+                  (user is not None and b.info.get("user") == user) or
+                  (args.ip is not None and b.info.get("ip") == args.ip)]
+        lifted = await store.throttle_clear(chosen)
+        if lifted:
+            service.events.emit(SessionEvent(
+                THROTTLE_CLEARED, None, time.time(), actor="cli", user=user or "",
+                ip=args.ip or "", details={"blocks": str(lifted)}))
+            await audit.flush()
+        print(f"lifted {lifted} block{'s' if lifted != 1 else ''}")
+        return 0
     except StoreUnavailable:
         print("session.redis.url: the session store is unreachable", file=sys.stderr)
         return 1
@@ -251,6 +302,18 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--id")
     rev.add_argument("--config", help=config_help)
     p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("throttle", help="login blocks in force, and lifting them")
+    actions = p.add_subparsers(dest="action", required=True)
+    lst = actions.add_parser("list")
+    lst.add_argument("--config", help=config_help)
+    clear = actions.add_parser("clear")
+    which = clear.add_mutually_exclusive_group(required=True)
+    which.add_argument("--user", help="the blocks of this account (as typed at sign-in)")
+    which.add_argument("--ip", help="the blocks of this address")
+    which.add_argument("--all", action="store_true")
+    clear.add_argument("--config", help=config_help)
+    p.set_defaults(func=cmd_throttle)
 
     p = sub.add_parser("audit", help="the audit trail, one JSON object a line")
     actions = p.add_subparsers(dest="action", required=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import json
+import math
 
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
@@ -26,6 +27,7 @@ MESSAGES = {
     "HEADERS_TOO_LARGE": "The request headers are larger than this gateway accepts.",
     "HTTP_VERSION_NOT_SUPPORTED": "Only HTTP/1.0 and HTTP/1.1 are spoken here.",
     "INVALID_CREDENTIALS": "Invalid username or password.",
+    "RATE_LIMITED": "Too many attempts. Please wait a while, then try again.",
     "REAUTH_REQUIRED": "Enter your password again to do this.",
     "SESSION_LIMIT": "You are signed in on as many devices as this site allows.",
     "SESSION_NOT_FOUND": "A valid session is required.",
@@ -73,6 +75,11 @@ def wants_html(request: web.BaseRequest) -> bool:
 def json_response(status: int, body: dict, headers: dict | None = None) -> web.Response:
     return web.Response(status=status, text=json.dumps(body),
                         content_type="application/json", headers=headers)
+
+
+def throttled_headers(retry_after: float) -> dict[str, str]:
+    """A 429's headers: when to come back (whole seconds, at least 1)."""
+    return {"Retry-After": str(max(1, math.ceil(retry_after))), "Cache-Control": "no-store"}
 
 
 def message_for(code: str, detail: str | None) -> str:

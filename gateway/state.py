@@ -15,6 +15,7 @@ from .audit.trail import AuditTrail
 from .auth.assertion import AssertionSigner
 from .auth.geo import Locator
 from .auth.sessions import SessionService
+from .auth.cookies import DeviceCookie
 from .auth.users import UserDirectory
 from .config import Config
 from .proxy.access import Router
@@ -74,6 +75,8 @@ class Gateway:
     monitor_tag: bytes
     # The audit trail, fed by the session event stream.
     audit: AuditTrail
+    # The browser's record of accounts it signed in as (login throttling).
+    devices: DeviceCookie
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -3,13 +3,24 @@
 The session cookie is HttpOnly, SameSite=Lax, Path=/, Secure (with the
 ``__Host-`` name) on https, and persistent only with "remember me". The
 notice cookie tells the login page, once, why the user has to sign in again.
+The device cookie remembers which accounts this browser signed in as, which
+exempts it from their per-account throttle block (throttle.py).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+import jwt
 from aiohttp import web
 
 from ..config import Config
+from .throttle import account_tag
+from .tokens import derive_key
+
+# The accounts a device cookie remembers, most recent first.
+DEVICE_ACCOUNTS = 10
 
 NOTICE_COOKIE = "gateway_notice"
 
@@ -28,3 +39,47 @@ def clear_session_cookie(response: web.StreamResponse, config: Config) -> None:
 def set_notice(response: web.StreamResponse, config: Config, notice: str) -> None:
     response.set_cookie(NOTICE_COOKIE, notice, path=config.prefix, max_age=300,
                         httponly=True, samesite="Lax", secure=config.secure_cookies)
+
+
+class DeviceCookie:
+    """Which accounts this browser has signed in as: their tags, in an HS256
+    JWT under a key derived from ``secret`` for this alone, for
+    ``throttle.device_cookie_lifetime``; HttpOnly, SameSite=Strict, scoped
+    to the prefix."""
+
+    def __init__(self, secret: str, lifetime: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._key = derive_key(secret, b"gateway device cookie")
+        self.lifetime = lifetime
+        self._clock = clock
+
+    def accounts(self, value: str | None) -> list[str]:
+        if not value or len(value) > 4096:
+            return []
+        try:
+            claims = jwt.decode(value, self._key, algorithms=["HS256"],
+                                options={"require": ["exp", "a"], "verify_exp": False})
+        except jwt.InvalidTokenError:
+            return []
+        accounts, exp = claims["a"], claims["exp"]
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp <= self._clock():
+            return []
+        if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
+            return []
+        return accounts[:DEVICE_ACCOUNTS]
+
+    def knows(self, value: str | None, username: str) -> bool:
+        return account_tag(username) in self.accounts(value)
+
+    def issue(self, value: str | None, username: str) -> str:
+        """The cookie again, with ``username`` first and a fresh lifetime."""
+        tag = account_tag(username)
+        accounts = [tag] + [a for a in self.accounts(value) if a != tag]
+        return jwt.encode({"a": accounts[:DEVICE_ACCOUNTS],
+                           "exp": int(self._clock() + self.lifetime)},
+                          self._key, algorithm="HS256")
+
+    def set(self, response: web.StreamResponse, config: Config, value: str) -> None:
+        response.set_cookie(config.device_cookie_name, value, path=config.prefix,
+                            max_age=int(self.lifetime), httponly=True, samesite="Strict",
+                            secure=config.secure_cookies)

@@ -25,6 +25,8 @@ LOGGED_OUT_BY_ADMIN = "user.logged_out_by_admin"
 LOCKED = "user.locked"
 UNLOCKED = "user.unlocked"
 USERS_RELOADED = "users.reloaded"
+THROTTLE_BLOCKED = "throttle.blocked"
+THROTTLE_CLEARED = "throttle.cleared"
 CONFIG_RELOADED = "config.reloaded"
 
 

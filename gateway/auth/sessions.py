@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
-                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED, Ending, Session,
-                     SessionStore, StoreUnavailable)
+                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED, Block, Ending,
+                     Session, SessionStore, StoreUnavailable)
 from .cache import SessionCache
-from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, SIGN_IN_FAILED, STARTED, UNLOCKED,
-                     Events, SessionEvent)
+from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, SIGN_IN_FAILED, STARTED,
+                     THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
+from .throttle import LoginThrottle, Throttled
 if TYPE_CHECKING:
     from .geo import Locator
     from .security import SecurityWatch
@@ -133,6 +134,8 @@ class SessionService:
         self.cache = SessionCache(s.cache_ttl)
         self.tokens = tokens
         self.events = Events()
+        self.throttle = LoginThrottle(config.throttle, store) if config.throttle.enabled \
+            else None
         self.watch: SecurityWatch | None = None
         if watch:
             from .security import SecurityWatch
@@ -172,21 +175,32 @@ class SessionService:
 
     async def sign_in(self, username: str, password: str, *, remember: bool, ip: str,
                       user_agent: str, make_room: bool = False,
-                      replacing: Session | None = None) -> tuple[User, Session] | None:
+                      replacing: Session | None = None,
+                      known_device: bool = False) -> tuple[User, Session] | None:
         """Check the password and start a session; None when refused (a wrong
         password, an unknown, disabled or locked user: one answer for all,
         the reason kept for the audit trail). ``replacing``, the caller's
         current session, is signed out first (so it frees its place under
-        the cap). AtCapacity propagates."""
+        the cap). Throttled (a block in force, throttle.py; ``known_device``:
+        the browser signed in as this account before) and AtCapacity propagate."""
         assert self.users is not None, "not in an operator tool"
+        typed = username.strip().casefold()[:128]      # the name as typed, for the audit
+        if self.throttle is not None:
+            wait = await self.throttle.blocked_for(username, ip, known_device)
+            if wait > 0:
+                self._failed(typed, "throttled", ip, user_agent)
+                await asyncio.sleep(self.users.typical_check)   # as slow as a refusal
+                raise Throttled(wait)
         user, why = await self.users.check(username, password)
         if user is not None and await self.store.is_locked(user.key):
             user, why = None, "locked"
         if user is None:
-            self.events.emit(SessionEvent(SIGN_IN_FAILED, None, self.clock(), actor=SYSTEM,
-                                          reason=why, user=username.strip().casefold()[:128],
-                                          ip=ip, user_agent=user_agent[:512]))
+            self._failed(typed, why, ip, user_agent)
+            if self.throttle is not None:
+                self._blocked(await self.throttle.failed(username, ip, known_device))
             return None
+        if self.throttle is not None:
+            await self.throttle.succeeded(username, ip)
         if replacing is not None:
             await self.end(replacing.username, replacing.id, LOGOUT, actor=replacing.username)
         session = await self.start(user, remember=remember, ip=ip, user_agent=user_agent,
@@ -196,6 +210,20 @@ class SessionService:
             await self.end(user.key, session.id, USER_LOCKED, SYSTEM)
             return None
         return user, session
+
+    def _blocked(self, blocks: list[Block]) -> None:
+        for block in blocks:
+            log.warning("sign-ins blocked (%s) for %d s", block.info["kind"],
+                        block.until - self.clock())
+            self.events.emit(SessionEvent(
+                THROTTLE_BLOCKED, None, self.clock(), actor=SYSTEM,
+                user=block.info.get("user", ""), ip=block.info.get("ip", ""),
+                details={"kind": block.info["kind"], "until": iso(block.until)}))
+
+    def _failed(self, typed: str, why: str, ip: str, user_agent: str) -> None:
+        self.events.emit(SessionEvent(SIGN_IN_FAILED, None, self.clock(), actor=SYSTEM,
+                                      reason=why, user=typed, ip=ip,
+                                      user_agent=user_agent[:512]))
 
     # -- admins ------------------------------------------------------------
     async def lock(self, username: str, actor: str) -> int:
@@ -388,11 +416,21 @@ class SessionService:
 
     async def reauthenticate(self, identity: Identity, password: str) -> bool:
         """Check the password of the session's user; on success the session
-        counts as freshly signed in for ``session.reauth_after``."""
+        counts as freshly signed in for ``session.reauth_after``. Throttled
+        while a block is in force."""
         assert self.users is not None, "not in an operator tool"
-        if await self.users.verify(identity.user.username, password) is None:
-            # Not throttled yet (the defences issue adds that); at least seen.
+        # Guessed like a sign-in: the same pair and address limits (the
+        # session's browser counts as one that signed in, so no account block).
+        name, ip = identity.user.username, identity.session.ip
+        if self.throttle is not None:
+            wait = await self.throttle.blocked_for(name, ip, known_device=True)
+            if wait > 0:
+                await asyncio.sleep(self.users.typical_check)
+                raise Throttled(wait)
+        if await self.users.verify(name, password) is None:
             log.info("password re-entry failed for a session of %s", identity.user.key)
+            if self.throttle is not None:
+                self._blocked(await self.throttle.failed(name, ip, known_device=True))
             return False
         now = self.clock()
         changes = {"authenticated_at": now}

@@ -9,10 +9,18 @@ checks expiry, against the injectable clock.
 from __future__ import annotations
 
 import jwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..store import Session
 
 _MAX_REMEMBERED = 10_000
+
+
+def derive_key(secret: str, purpose: bytes) -> bytes:
+    """A key derived from ``secret`` for ``purpose`` and used for nothing else."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=purpose).derive(secret.encode())
 
 
 class Tokens:

@@ -120,6 +120,39 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class PairThrottle:
+    """One account from one address: someone guessing at a keyboard."""
+    failures: int = key(5, v.integer(minimum=1))
+    window: float = key("15m", v.duration(minimum=1))
+    block: float = key("30m", v.duration(minimum=1))
+
+
+@dataclass(frozen=True)
+class IpThrottle:
+    """One address across accounts: credential stuffing, password spraying."""
+    failures: int = key(50, v.integer(minimum=1))
+    window: float = key("15m", v.duration(minimum=1))
+    block: float = key("30m", v.duration(minimum=1))
+
+
+@dataclass(frozen=True)
+class AccountThrottle:
+    """One account across addresses; browsers that signed in as it before are exempt."""
+    failures: int = key(20, v.integer(minimum=1))
+    window: float = key("15m", v.duration(minimum=1))
+    block: float = key("30m", v.duration(minimum=1))
+
+
+@dataclass(frozen=True)
+class ThrottleConfig:
+    enabled: bool = key(True, v.boolean)
+    pair: PairThrottle = section(PairThrottle)
+    ip: IpThrottle = section(IpThrottle)
+    account: AccountThrottle = section(AccountThrottle)
+    device_cookie_lifetime: float = key("180d", v.duration(minimum=60))
+
+
+@dataclass(frozen=True)
 class SecurityHeaders:
     # Strict-Transport-Security on the gateway's own answers when public_url
     # is https (0: none); includeSubDomains only when asked, since it binds
@@ -197,6 +230,7 @@ class Config:
     security_events: SecurityEvents = section(SecurityEvents)
     admin: AdminConfig = section(AdminConfig)
     security_headers: SecurityHeaders = section(SecurityHeaders)
+    throttle: ThrottleConfig = section(ThrottleConfig)
     audit: AuditConfig = section(AuditConfig)
     users: UsersConfig = section(UsersConfig)
     limits: Limits = section(Limits)
@@ -230,6 +264,12 @@ class Config:
     @property
     def secure_cookies(self) -> bool:
         return self.public_url.startswith("https://")
+
+    @property
+    def device_cookie_name(self) -> str:
+        """The browser's sign-in history (auth/throttle.py); ``__Secure-``
+        since it is scoped to the prefix, which ``__Host-`` forbids."""
+        return "__Secure-gateway_device" if self.secure_cookies else "gateway_device"
 
     @property
     def cookie_name(self) -> str:

@@ -8,14 +8,14 @@ from collections.abc import Callable
 from ..config import SessionConfig
 from .base import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGGED_OUT, LOGOUT, REVOKED,
                    REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED,
-                   AtCapacity, Counts, CountsRead, EndedSession, Ending, Page, Session,
-                   SessionStore, StoreUnavailable)
+                   AtCapacity, Block, Counts, CountsRead, EndedSession, Ending, Page, Session,
+                   SessionStore, StoreUnavailable, Strike)
 
 __all__ = ["create_store", "ABSOLUTE", "EXPIRED", "IDLE", "IP_CHANGED", "LOGGED_OUT", "LOGOUT",
            "REVOKED", "REVOKED_BY_ADMIN", "REVOKED_BY_USER", "SESSION_LIMIT", "UA_CHANGED",
            "USER_DISABLED", "USER_LOCKED",
-           "AtCapacity", "Counts", "CountsRead", "EndedSession", "Ending", "Page", "Session",
-           "SessionStore", "StoreUnavailable"]
+           "AtCapacity", "Block", "Counts", "CountsRead", "EndedSession", "Ending", "Page",
+           "Session", "SessionStore", "StoreUnavailable", "Strike"]
 
 
 def create_store(config: SessionConfig, clock: Callable[[], float] = time.time) -> SessionStore:

@@ -224,6 +224,23 @@ class CountsRead:
     rank: dict[str, list[tuple[str, int]]]     # key -> its top members, highest first
 
 
+@dataclass(frozen=True)
+class Strike:
+    """One failed sign-in, counted under a throttle key (auth/throttle.py)."""
+    key: str                  # "pair:<tag>:<ip>", "ip:<ip>", "account:<tag>"
+    failures: int             # this many within ``window`` seconds block the key
+    window: float
+    block: float              # for this many seconds
+    info: dict[str, str]      # what the block is about, for people: kind, user, ip
+
+
+@dataclass(frozen=True)
+class Block:
+    key: str
+    until: float
+    info: dict[str, str]
+
+
 class SessionStore(ABC):
     """Live sessions, per-user and global indexes, and ended records.
 
@@ -326,6 +343,30 @@ class SessionStore(ABC):
     @abstractmethod
     async def audit_after(self, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to ``count`` entries newer than the entry id ``after``, oldest first."""
+
+    # -- login throttling: failures counted per key, blocks held until they end --------
+    @abstractmethod
+    async def throttle_check(self, keys: list[str]) -> float:
+        """Seconds left of the longest block in force among ``keys`` (0: none)."""
+
+    @abstractmethod
+    async def throttle_fail(self, strikes: list[Strike]) -> list[Block]:
+        """Count one failure under each strike's key (its window starts at the
+        first failure) and block each key that reached its ``failures``;
+        returns the blocks this call started: across every worker and
+        instance, exactly one caller starts each block."""
+
+    @abstractmethod
+    async def throttle_reset(self, keys: list[str]) -> None:
+        """Forget the failures counted under ``keys`` (a sign-in that worked)."""
+
+    @abstractmethod
+    async def throttle_blocks(self) -> list[Block]:
+        """Every block in force, soonest to end first."""
+
+    @abstractmethod
+    async def throttle_clear(self, keys: list[str]) -> int:
+        """Lift the blocks (and counts) of ``keys``; returns how many blocks were lifted."""
 
     @abstractmethod
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:

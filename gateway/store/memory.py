@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .base import (MAX_FINDINGS, RANK_KEEP, SESSION_LIMIT, AtCapacity, Counts, CountsRead,
-                   EndedSession, Ending, Page, Session, SessionStore)
+from .base import (MAX_FINDINGS, RANK_KEEP, SESSION_LIMIT, AtCapacity, Block, Counts,
+                   CountsRead, EndedSession, Ending, Page, Session, SessionStore, Strike)
 from .paging import decode_cursor, encode_cursor
 
 
@@ -38,6 +38,9 @@ class MemorySessionStore(SessionStore):
         self._audit_ms, self._audit_seq = 0, 0
         self._marks: dict[str, tuple[float, set[str]]] = {}
         self._swapped: dict[str, dict[str, str]] = {}
+        # Login throttling: key -> (window end, failures); key -> its block.
+        self._failures: dict[str, tuple[float, int]] = {}
+        self._blocks: dict[str, Block] = {}
         # Analytics: key -> (kept until, a Counter of fields or a set of members).
         self._counts: dict[str, tuple[float, Any]] = {}
 
@@ -200,6 +203,44 @@ class MemorySessionStore(SessionStore):
         floor = _entry_key(after)
         return [(i, dict(r)) for i, r in self._audit if _entry_key(i) > floor][:count]
 
+    async def throttle_check(self, keys: list[str]) -> float:
+        now = self._clock()
+        return max([b.until - now for b in map(self._blocks.get, keys)
+                    if b is not None and b.until > now], default=0.0)
+
+    async def throttle_fail(self, strikes: list[Strike]) -> list[Block]:
+        self._sweep()           # failures come from anyone, for any name: keep it bounded
+        now = self._clock()
+        started = []
+        for strike in strikes:
+            until, n = self._failures.get(strike.key, (0.0, 0))
+            if until <= now:
+                until, n = now + strike.window, 0
+            self._failures[strike.key] = (until, n + 1)
+            if n + 1 >= strike.failures and await self.throttle_check([strike.key]) == 0:
+                block = Block(strike.key, now + strike.block, dict(strike.info))
+                self._blocks[strike.key] = block
+                del self._failures[strike.key]
+                started.append(block)
+        return started
+
+    async def throttle_reset(self, keys: list[str]) -> None:
+        for key in keys:
+            self._failures.pop(key, None)
+
+    async def throttle_blocks(self) -> list[Block]:
+        now = self._clock()
+        for key in [k for k, b in self._blocks.items() if b.until <= now]:
+            del self._blocks[key]
+        return sorted(self._blocks.values(), key=lambda b: (b.until, b.key))
+
+    async def throttle_clear(self, keys: list[str]) -> int:
+        live = {b.key for b in await self.throttle_blocks()}
+        for key in keys:
+            self._blocks.pop(key, None)
+            self._failures.pop(key, None)
+        return len(live & set(keys))
+
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old, self._swapped[name] = self._swapped.get(name, {}), dict(values)
         return old
@@ -269,6 +310,10 @@ class MemorySessionStore(SessionStore):
             del self._marks[sid]
         for key in [key for key, (until, _) in self._counts.items() if until <= now]:
             del self._counts[key]
+        for key in [key for key, (until, _) in self._failures.items() if until <= now]:
+            del self._failures[key]
+        for key in [key for key, block in self._blocks.items() if block.until <= now]:
+            del self._blocks[key]
 
 
 def _entry_key(entry_id: str) -> tuple[int, int]:

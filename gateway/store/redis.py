@@ -21,6 +21,9 @@ the per-user scripts stay legal there):
     gw:revoked         pub/sub channel: the id of every ended session
     gw:locks           hash: locked users (admin console), no TTL
     gw:audit           stream: the audit trail, trimmed to ``audit.retention``
+    gw:th:c:<key>      failed sign-ins counted under a throttle key, for its window
+    gw:th:b:<key>      a throttle block (JSON: what it is about), for its length
+    gw:th:blocks       sorted set: the keys blocked, by when the block ends
     gw:v:<name>        hash: the version of the config or users file in effect
                        (audit/versions.py), no TTL
     gw:{stats}:<bucket> analytics counters (audit/stats.py): hashes, HyperLogLogs
@@ -58,8 +61,9 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import RedisConfig
 from .base import (EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP, REVOKED_BY_ADMIN,
-                   SESSION_LIMIT, USER_DISABLED, AtCapacity, Counts, CountsRead, EndedSession,
-                   Ending, Page, Session, SessionStore, StoreUnavailable, encode_fields)
+                   SESSION_LIMIT, USER_DISABLED, AtCapacity, Block, Counts, CountsRead,
+                   EndedSession, Ending, Page, Session, SessionStore, StoreUnavailable, Strike,
+                   encode_fields)
 from .client import connect
 from .paging import decode_cursor, encode_cursor
 
@@ -250,6 +254,30 @@ for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, keep) end
 return 1
 """
 
+# KEYS: a throttle key's failure count (a hash: until, n). ARGV: now and the
+# window, ms. One more failure; a count whose window is over starts again.
+# Times are the gateway's, so a block and a window end by its clock.
+_STRIKE = """
+local now = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'until') or '0') <= now then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[2]))
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('HINCRBY', KEYS[1], 'n', 1)
+"""
+
+# KEYS: a throttle key's block and its failure count. ARGV: now and the
+# block's end (ms), the block as JSON. Starts the block unless one is in
+# force (1: this call started it), and the count over.
+_BLOCK = """
+local held = redis.call('GET', KEYS[1])
+if held and tonumber(cjson.decode(held)['until']) * 1000 > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', tonumber(ARGV[2]) - tonumber(ARGV[1]))
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 # KEYS: the map. ARGV: its new fields, flat. Returns what it held, flat.
 _SWAP = """
 local old = redis.call('HGETALL', KEYS[1])
@@ -277,6 +305,15 @@ def _queue(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
     """A script in a pipeline as a bare EVALSHA: given the script itself,
     redis-py first asks SCRIPT EXISTS, a round trip of its own."""
     pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def _block_end(raw: bytes | None) -> float:
+    """When a stored throttle block ends (0: none, or unreadable)."""
+    try:
+        until = json.loads(raw)["until"] if raw else 0
+    except (ValueError, TypeError, KeyError):
+        return 0.0
+    return float(until) if isinstance(until, (int, float)) else 0.0
 
 
 def _pairs(fields: dict[str, str]) -> list[str]:
@@ -321,6 +358,8 @@ class RedisSessionStore(SessionStore):
         self._user_sessions = self.redis.register_script(_USER_SESSIONS)
         self._count = self.redis.register_script(_COUNT)
         self._swap = self.redis.register_script(_SWAP)
+        self._strike = self.redis.register_script(_STRIKE)
+        self._block = self.redis.register_script(_BLOCK)
 
     # -- keys --------------------------------------------------------------
     def session_key(self, username: str, sid: str) -> str:
@@ -742,6 +781,97 @@ class RedisSessionStore(SessionStore):
         if refused:
             log.error("audit: Redis refused %d of the %d writes of a batch (%s)", len(refused),
                       len(records) + bool(counts), type(refused[0]).__name__)
+
+    # -- login throttling ----------------------------------------------------------
+    def _throttle_key(self, kind: str, key: str) -> str:
+        return f"{self.prefix}:th:{kind}:{key}"
+
+    @property
+    def throttle_index(self) -> str:
+        return f"{self.prefix}:th:blocks"
+
+    async def throttle_check(self, keys: list[str]) -> float:
+        now = self.clock()
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(self._throttle_key("b", key))
+                return await pipe.execute()
+        ends = [_block_end(raw) for raw in await self._call(run)]
+        return max([end - now for end in ends if end > now], default=0.0)
+
+    async def throttle_fail(self, strikes: list[Strike]) -> list[Block]:
+        now = self.clock()
+        now_ms = int(now * 1000)
+
+        async def count() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for strike in strikes:
+                    _queue(pipe, self._strike, [self._throttle_key("c", strike.key)],
+                           [now_ms, max(1, int(strike.window * 1000))])
+                return await pipe.execute()
+        counts = await self._call(lambda: self._loading(count, self._strike))
+        blocks = [Block(s.key, now + s.block, dict(s.info))
+                  for s, n in zip(strikes, counts) if n >= s.failures]
+        if not blocks:
+            return []
+
+        async def block() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for b in blocks:
+                    _queue(pipe, self._block, [self._throttle_key("b", b.key),
+                                               self._throttle_key("c", b.key)],
+                           [now_ms, int(b.until * 1000), json.dumps({**b.info, "until": b.until})])
+                return await pipe.execute()
+        started = [b for b, ok in zip(blocks, await self._call(
+            lambda: self._loading(block, self._block))) if ok]
+        if started:
+            async def index() -> None:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(self.throttle_index, {b.key: int(b.until * 1000) for b in started})
+                    pipe.zremrangebyscore(self.throttle_index, "-inf", now_ms)
+                    await pipe.execute()
+            await self._call(index)
+        return started
+
+    async def throttle_reset(self, keys: list[str]) -> None:
+        if keys:
+            await self._call(lambda: self.redis.delete(
+                *(self._throttle_key("c", k) for k in keys)))
+
+    async def throttle_blocks(self) -> list[Block]:
+        now_ms = int(self.clock() * 1000)
+
+        async def run() -> list[Any]:
+            keys = await self.redis.zrangebyscore(self.throttle_index, now_ms, "+inf")
+            if not keys:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(self._throttle_key("b", key.decode()))
+                return list(zip(keys, await pipe.execute()))
+        out = []
+        for key, raw in await self._call(run):
+            until = _block_end(raw)
+            if until * 1000 > now_ms:
+                info = json.loads(raw)
+                out.append(Block(key.decode(), until,
+                                 {k: str(v) for k, v in info.items() if k != "until"}))
+        return sorted(out, key=lambda b: (b.until, b.key))
+
+    async def throttle_clear(self, keys: list[str]) -> int:
+        if not keys:
+            return 0
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.delete(self._throttle_key("b", key))
+                pipe.delete(*(self._throttle_key("c", k) for k in keys))
+                pipe.zrem(self.throttle_index, *keys)
+                return await pipe.execute()
+        return sum((await self._call(run))[:len(keys)])
 
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old = await self._call(lambda: self._swap(keys=[f"{self.prefix}:v:{name}"],

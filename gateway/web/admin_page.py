@@ -23,7 +23,8 @@ from aiohttp import web
 from ..audit.search import audit_filter, audit_search, parse_time
 from ..audit.stats import SAMPLE_EVERY, report
 from ..auth.sessions import AuthError, Identity
-from ..errors import error_response, store_unavailable
+from ..auth.throttle import Throttled
+from ..errors import MESSAGES, error_response, store_unavailable, throttled_headers
 from ..store import REVOKED_BY_ADMIN, StoreUnavailable
 from . import charts
 from .admin import actor_of, find_sessions, users_with_locks
@@ -139,6 +140,10 @@ async def admin_submit(request: web.Request) -> web.StreamResponse:
             notice = f"Locked {user}; {ended} session{'' if ended == 1 else 's'} ended."
     except StoreUnavailable:
         return store_unavailable(request)
+    except Throttled as exc:
+        page = await admin_page(request, status=429, error=MESSAGES["RATE_LIMITED"])
+        page.headers.update(throttled_headers(exc.retry_after))
+        return page
     return await admin_page(request, notice=notice)
 
 

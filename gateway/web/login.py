@@ -13,7 +13,9 @@ from aiohttp_session import get_session
 
 from ..auth.cookies import NOTICE_COOKIE, clear_session_cookie, set_notice, set_session_cookie
 from ..auth.sessions import NOTICES, AuthError, Identity
-from ..errors import MESSAGES, error_response, json_error, json_response, store_unavailable
+from ..auth.throttle import Throttled
+from ..errors import (MESSAGES, error_response, json_error, json_response, store_unavailable,
+                      throttled_headers)
 from ..proxy.headers import valid_text
 from ..state import Gateway
 from ..store import LOGOUT, AtCapacity, Session, StoreUnavailable
@@ -27,10 +29,12 @@ MAX_FIELD = 1024
 
 
 async def sign_in(request: web.Request, gw: Gateway, username: str, password: str,
-                  remember: bool, make_room: bool = False) -> Identity | None:
-    """Check the password, end the caller's previous session, start a new one.
+                  remember: bool, make_room: bool = False) -> tuple[Identity, str] | None:
+    """Check the password, end the caller's previous session, start a new one;
+    the identity and the device cookie's new value.
 
-    AtCapacity propagates when ``on_limit: refuse`` turns the sign-in away.
+    AtCapacity propagates when ``on_limit: refuse`` turns the sign-in away,
+    Throttled while a block is in force.
     """
     if len(username) > MAX_FIELD or len(password) > MAX_FIELD:
         return None
@@ -39,20 +43,27 @@ async def sign_in(request: web.Request, gw: Gateway, username: str, password: st
         previous: Session | None = (await current_identity(request, gw)).session
     except AuthError:
         previous = None
+    device = request.cookies.get(gw.config.device_cookie_name)
     signed_in = await gw.sessions.sign_in(username, password, remember=remember, ip=ip,
                                           user_agent=agent, make_room=make_room,
-                                          replacing=previous)
+                                          replacing=previous,
+                                          known_device=gw.devices.knows(device, username))
     if signed_in is None:
         log.info("login failed from %s", ip)
         return None
     user, session = signed_in
     log.info("login %s from %s", user.username, ip)
-    return Identity(user=user, session=session)
+    return Identity(user=user, session=session), gw.devices.issue(device, username)
 
 
-def _set_cookie(response: web.StreamResponse, gw: Gateway, identity: Identity) -> None:
+def _set_cookie(response: web.StreamResponse, gw: Gateway, identity: Identity,
+                device: str) -> None:
+    """The session cookie, and the device cookie that exempts this browser
+    from the per-account block next time (auth/throttle.py)."""
     set_session_cookie(response, gw.config, gw.sessions.tokens.issue(identity.session),
                        gw.sessions.cookie_max_age(identity.session))
+    gw.devices.set(response, gw.config, device)
+
 
 
 # -- sign in -------------------------------------------------------------------
@@ -84,18 +95,23 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return await login_page(request, status=403, rd=rd, username=username,
                                 error="This form expired. Please sign in again.")
     try:
-        identity = await sign_in(request, gw, username, password, remember, make_room)
+        signed_in = await sign_in(request, gw, username, password, remember, make_room)
     except StoreUnavailable:
         return store_unavailable(request)
     except AtCapacity:
         return await login_page(request, status=409, error=MESSAGES["SESSION_LIMIT"],
                                 username=username, remember=remember, rd=rd, at_capacity=True)
-    if identity is None:
+    except Throttled as exc:
+        page = await login_page(request, status=429, error=MESSAGES["RATE_LIMITED"],
+                                username=username, remember=remember, rd=rd)
+        page.headers.update(throttled_headers(exc.retry_after))
+        return page
+    if signed_in is None:
         return await login_page(request, status=401, error=MESSAGES["INVALID_CREDENTIALS"],
                                 username=username, remember=remember, rd=rd)
     target = safe_redirect(rd, gw.config.public_url, gw.config.allowed_redirect_hosts)
     response = see_other(target)
-    _set_cookie(response, gw, identity)
+    _set_cookie(response, gw, *signed_in)
     (await get_session(request)).pop("csrf", None)  # a fresh token for the next form
     return response
 
@@ -110,18 +126,20 @@ async def api_login(request: web.Request) -> web.StreamResponse:
     if not isinstance(body.get("username"), str) or not isinstance(body.get("password"), str):
         return json_error(400, "BAD_REQUEST", "Send JSON with string fields username and password.")
     try:
-        identity = await sign_in(request, gw, valid_text(body["username"]), body["password"],
-                                 body.get("remember") is True, body.get("make_room") is True)
+        signed_in = await sign_in(request, gw, valid_text(body["username"]), body["password"],
+                                  body.get("remember") is True, body.get("make_room") is True)
     except StoreUnavailable:
         return json_error(503, "STORE_UNAVAILABLE")
     except AtCapacity:
         return json_error(409, "SESSION_LIMIT")
-    if identity is None:
+    except Throttled as exc:
+        return json_error(429, "RATE_LIMITED", headers=throttled_headers(exc.retry_after))
+    if signed_in is None:
         return json_error(401, "INVALID_CREDENTIALS")
-    described = gw.sessions.describe(identity)
+    described = gw.sessions.describe(signed_in[0])
     response = json_response(200, {**described["user"], **described},
                              headers={"Cache-Control": "no-store"})
-    _set_cookie(response, gw, identity)
+    _set_cookie(response, gw, *signed_in)
     return response
 
 

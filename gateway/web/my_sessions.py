@@ -29,7 +29,8 @@ from ..auth import security
 from ..auth.cookies import clear_session_cookie, set_notice
 from ..auth.devices import Device, describe
 from ..auth.sessions import AuthError, Identity, iso, session_times
-from ..errors import json_error, json_response, store_unavailable
+from ..auth.throttle import Throttled
+from ..errors import MESSAGES, json_error, json_response, store_unavailable, throttled_headers
 from ..state import Gateway
 from ..store import (ABSOLUTE, IDLE, IP_CHANGED, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
                      SESSION_LIMIT, UA_CHANGED, USER_DISABLED, EndedSession, Session,
@@ -153,8 +154,11 @@ async def _reauth_refusal(gw: Gateway, identity: Identity,
         return None
     if password is None:
         return json_error(401, "REAUTH_REQUIRED", headers={"Cache-Control": "no-store"})
-    if not await gw.sessions.reauthenticate(identity, password):
-        return json_error(401, "INVALID_CREDENTIALS", headers={"Cache-Control": "no-store"})
+    try:
+        if not await gw.sessions.reauthenticate(identity, password):
+            return json_error(401, "INVALID_CREDENTIALS", headers={"Cache-Control": "no-store"})
+    except Throttled as exc:
+        return json_error(429, "RATE_LIMITED", headers=throttled_headers(exc.retry_after))
     return None
 
 
@@ -299,6 +303,10 @@ async def sessions_submit(request: web.Request) -> web.StreamResponse:
             notice = "Signed out that session."
     except StoreUnavailable:
         return store_unavailable(request)
+    except Throttled as exc:
+        page = await sessions_page(request, status=429, error=MESSAGES["RATE_LIMITED"])
+        page.headers.update(throttled_headers(exc.retry_after))
+        return page
     return await sessions_page(request, notice=notice)
 
 

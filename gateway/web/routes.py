@@ -11,9 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp_session import session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from ..auth.tokens import derive_key
 from ..config import Config
 from ..errors import HTTP1, error_response, refuse_version
 from . import admin, admin_page, login, machine, monitor, my_sessions, session_api
@@ -24,8 +22,7 @@ FORM_COOKIE = "gateway_form"
 
 def form_state_key(secret: str) -> bytes:
     """A key for the form cookie, derived from ``secret`` and used for nothing else."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=b"gateway form state").derive(secret.encode())
+    return derive_key(secret, b"gateway form state")
 
 
 def add_gateway_routes(app: web.Application, config: Config) -> None:
