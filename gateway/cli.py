@@ -112,15 +112,11 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 async def _sessions(config: Config, args: argparse.Namespace) -> int:
-    from .auth.sessions import SessionService
-    from .store import REVOKED_BY_ADMIN, StoreUnavailable, create_store
-    store = create_store(config.session)
-    # The same lifecycle as the running gateway: ended records, the feed to
-    # every worker's cache, one event; the actor is the CLI.
-    service = SessionService(config, store, users=None, tokens=None, watch=False)
-    audit = await _recorded(config, store, service)
-    if audit is None:
+    from .store import REVOKED_BY_ADMIN, StoreUnavailable
+    tools = await _operator(config)
+    if tools is None:
         return 1
+    store, service, audit = tools
     try:
         if args.action == "list":
             print(f"{'ID':<44} {'USER':<20} {'CREATED':<20} {'LAST SEEN':<20} IP")
@@ -145,10 +141,15 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
         await store.close()
 
 
-async def _recorded(config: Config, store: Any, service: Any) -> Any:
-    """An audit trail for a command's actions, recorded like a worker's
-    (None, the store closed, when audit.file cannot be opened)."""
+async def _operator(config: Config) -> tuple[Any, Any, Any] | None:
+    """The store, the one session lifecycle of the running gateway (ended
+    records, the feed to every worker's cache, one event each; the actor is
+    the CLI) and an audit trail recording it like a worker's; None when
+    audit.file cannot be opened."""
     from .audit.trail import AuditTrail
+    from .auth.sessions import SessionService
+    from .store import create_store
+    store = create_store(config.session)
     try:
         # audit.file "-" would mix the records into this command's output,
         # so the CLI leaves it out.
@@ -157,8 +158,9 @@ async def _recorded(config: Config, store: Any, service: Any) -> Any:
         print("\n".join(exc.problems), file=sys.stderr)
         await store.close()
         return None
+    service = SessionService(config, store, users=None, tokens=None, watch=False)
     service.events.subscribe(audit.record)
-    return audit
+    return store, service, audit
 
 
 def cmd_throttle(args: argparse.Namespace) -> int:
@@ -168,13 +170,11 @@ def cmd_throttle(args: argparse.Namespace) -> int:
 
 async def _throttle(config: Config, args: argparse.Namespace) -> int:
     from .auth.events import THROTTLE_CLEARED, SessionEvent
-    from .auth.sessions import SessionService
-    from .store import StoreUnavailable, create_store
-    store = create_store(config.session)
-    service = SessionService(config, store, users=None, tokens=None, watch=False)
-    audit = await _recorded(config, store, service)
-    if audit is None:
+    from .store import StoreUnavailable
+    tools = await _operator(config)
+    if tools is None:
         return 1
+    store, service, audit = tools
     try:
         blocks = await store.throttle_blocks()
         if args.action == "list":
