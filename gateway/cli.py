@@ -183,15 +183,17 @@ async def _throttle(config: Config, args: argparse.Namespace) -> int:
                 print(f"{b.info.get('kind', ''):<8} {b.info.get('user', '-'):<24} "
                       f"{b.info.get('ip', '-'):<40} {_when(b.until)}")
             return 0
-        user = canonical_username(args.user) if args.user else None
+        from .auth.throttle import address_key
+        user = canonical_username(args.user)[:128] if args.user else None
+        ip = address_key(args.ip) if args.ip else None      # an IPv6 address: its /64
         chosen = [b.key for b in blocks if args.all or
                   (user is not None and b.info.get("user") == user) or
-                  (args.ip is not None and b.info.get("ip") == args.ip)]
+                  (ip is not None and b.info.get("ip") == ip)]
         lifted = await store.throttle_clear(chosen)
         if lifted:
             service.events.emit(SessionEvent(
                 THROTTLE_CLEARED, None, time.time(), actor="cli", user=user or "",
-                ip=args.ip or "", details={"blocks": str(lifted)}))
+                ip=ip or "", details={"blocks": str(lifted)}))
             await audit.flush()
         print(f"lifted {lifted} block{'s' if lifted != 1 else ''}")
         return 0

@@ -158,8 +158,14 @@ async def test_blocks_are_audited_once_and_lifted_from_the_command_line(
     assert (await attempt(client, password="alice-pw")).status == 429
     assert await asyncio.to_thread(cli, "clear", "--user", "ALICE") == 0
     assert (await attempt(client, password="alice-pw")).status == 200
+    for _ in range(6):                                     # an IPv6 pair, cleared by
+        await attempt(client, ip="2001:db8:5:6::1")       # another address of its /64
+    assert (await attempt(client, password="alice-pw", ip="2001:db8:5:6::2")).status == 429
+    assert await asyncio.to_thread(cli, "clear", "--ip", "2001:db8:5:6::99") == 0
+    assert (await attempt(client, password="alice-pw", ip="2001:db8:5:6::2")).status == 200
+    await gw.audit.flush()
     records = [r for _, r in await gw.store.audit_page(None, 100)]
-    assert [r["actor"] for r in records if r["type"] == "throttle.cleared"] == ["cli"]
+    assert [r["actor"] for r in records if r["type"] == "throttle.cleared"] == ["cli", "cli"]
 
 
 async def test_throttling_can_be_turned_off(throttled):
@@ -190,3 +196,76 @@ def test_an_ipv6_address_counts_as_its_slash_64():
         == "2001:db8:1:2::/64"
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
     assert address_key("203.0.113.5") == address_key("::ffff:203.0.113.5") == "203.0.113.5"
+
+
+async def test_a_burst_in_parallel_gets_no_more_guesses_than_one_at_a_time(throttled):
+    """Attempts are counted before the password is checked: 40 at once from
+    one address reach the check 5 times, not 40."""
+    start, _ = throttled
+    client = await start()
+    users = client.app[GATEWAY].users
+    checked = []
+    original = users._check
+    users._check = lambda *a: checked.append(1) or original(*a)
+    replies = await asyncio.gather(*(attempt(client) for _ in range(40)))
+    assert sorted(r.status for r in replies) == [401] * 5 + [429] * 35
+    assert len(checked) == 5
+
+
+async def test_someone_on_the_owner_s_address_cannot_lock_the_owner_out(throttled):
+    """A NAT shared with an attacker: the address is blocked for browsers
+    that never signed in here, not for the owner's."""
+    start, _ = throttled
+    client = await start(ip={"failures": 10})
+    mine = device_of(await attempt(client, password="alice-pw", ip="192.0.2.1"))
+    for n in range(12):
+        await attempt(client, f"guess{n}", ip="192.0.2.1")
+    assert (await attempt(client, "Admin", "admin-pw", ip="192.0.2.1")).status == 429
+    assert (await attempt(client, password="alice-pw", ip="192.0.2.1",
+                          device=mine)).status == 200
+
+
+async def test_a_device_cookie_buys_no_more_guesses_than_a_pair(throttled):
+    start, _ = throttled
+    client = await start()
+    mine = device_of(await attempt(client, password="alice-pw"))
+    statuses = [(await attempt(client, ip=f"198.51.100.{n}", device=mine)).status
+                for n in range(7)]
+    assert statuses == [401] * 5 + [429] * 2
+
+
+async def test_re_entered_passwords_are_counted_per_session_wherever_they_come_from(
+        throttled):
+    from authkit import api_login
+    start, clock = throttled
+    client = await start()
+    token = await api_login(client)
+    await api_login(client)
+    clock.advance(660)
+    path = "/_gateway/api/sessions/revoke-others"
+    statuses = [(await send(client, "POST", path, token=token, json={"password": "wrong"},
+                            headers=[("X-Forwarded-For", f"203.0.113.{n}")])).status
+                for n in range(7)]
+    assert statuses == [401] * 5 + [429] * 2
+
+
+async def test_a_flood_of_throttled_attempts_is_audited_once(throttled):
+    start, _ = throttled
+    client = await start()
+    for _ in range(30):
+        await attempt(client)
+    gw = client.app[GATEWAY]
+    await gw.audit.flush()
+    records = [r for _, r in await gw.store.audit_page(None, 100)]
+    reasons = [r["details"]["reason"] for r in records if r["type"] == "login.failure"]
+    assert reasons.count("throttled") == 1 and reasons.count("bad_password") == 5
+
+
+async def test_right_passwords_at_once_wait_a_moment_not_a_block(throttled):
+    start, _ = throttled
+    client = await start()
+    replies = await asyncio.gather(*(attempt(client, password="alice-pw") for _ in range(12)))
+    statuses = sorted(r.status for r in replies)
+    assert statuses.count(200) >= 5 and set(statuses) <= {200, 429}
+    assert all(r.headers["Retry-After"] == "1" for r in replies if r.status == 429)
+    assert (await attempt(client, password="alice-pw")).status == 200

@@ -9,6 +9,7 @@ exempts it from their per-account throttle block (throttle.py).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 
@@ -42,10 +43,11 @@ def set_notice(response: web.StreamResponse, config: Config, notice: str) -> Non
 
 
 class DeviceCookie:
-    """Which accounts this browser has signed in as: their tags, in an HS256
-    JWT under a key derived from ``secret`` for this alone, for
-    ``throttle.device_cookie_lifetime``; HttpOnly, SameSite=Strict, scoped
-    to the prefix."""
+    """Which accounts this browser has signed in as (their tags) and a random
+    id for the browser, in an HS256 JWT under a key derived from ``secret``
+    for this alone, for ``throttle.device_cookie_lifetime``; HttpOnly,
+    SameSite=Strict, scoped to the prefix. It outlives sign-outs: that it
+    was signed in here before is what it says."""
 
     def __init__(self, secret: str, lifetime: float,
                  clock: Callable[[], float] = time.time) -> None:
@@ -53,29 +55,33 @@ class DeviceCookie:
         self.lifetime = lifetime
         self._clock = clock
 
-    def accounts(self, value: str | None) -> list[str]:
+    def _claims(self, value: str | None) -> tuple[str, list[str]] | None:
         if not value or len(value) > 4096:
-            return []
+            return None
         try:
             claims = jwt.decode(value, self._key, algorithms=["HS256"],
-                                options={"require": ["exp", "a"], "verify_exp": False})
+                                options={"require": ["exp", "a", "d"], "verify_exp": False})
         except jwt.InvalidTokenError:
-            return []
-        accounts, exp = claims["a"], claims["exp"]
+            return None
+        device, accounts, exp = claims["d"], claims["a"], claims["exp"]
         if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp <= self._clock():
-            return []
-        if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
-            return []
-        return accounts[:DEVICE_ACCOUNTS]
+            return None
+        if not isinstance(device, str) or not isinstance(accounts, list) or \
+                not all(isinstance(a, str) for a in accounts):
+            return None
+        return device, accounts[:DEVICE_ACCOUNTS]
 
-    def knows(self, value: str | None, username: str) -> bool:
-        return account_tag(username) in self.accounts(value)
+    def device_for(self, value: str | None, username: str) -> str | None:
+        """The browser's id if its cookie says it signed in as ``username``."""
+        claims = self._claims(value)
+        return claims[0] if claims and account_tag(username) in claims[1] else None
 
     def issue(self, value: str | None, username: str) -> str:
         """The cookie again, with ``username`` first and a fresh lifetime."""
+        device, accounts = self._claims(value) or (secrets.token_urlsafe(16), [])
         tag = account_tag(username)
-        accounts = [tag] + [a for a in self.accounts(value) if a != tag]
-        return jwt.encode({"a": accounts[:DEVICE_ACCOUNTS],
+        accounts = [tag] + [a for a in accounts if a != tag]
+        return jwt.encode({"d": device, "a": accounts[:DEVICE_ACCOUNTS],
                            "exp": int(self._clock() + self.lifetime)},
                           self._key, algorithm="HS256")
 

@@ -136,6 +136,8 @@ class SessionService:
         self.events = Events()
         self.throttle = LoginThrottle(config.throttle, store) if config.throttle.enabled \
             else None
+        # name and address -> until when their throttled attempts are audited
+        self._reported: dict[str, float] = {}
         self.watch: SecurityWatch | None = None
         if watch:
             from .security import SecurityWatch
@@ -176,31 +178,35 @@ class SessionService:
     async def sign_in(self, username: str, password: str, *, remember: bool, ip: str,
                       user_agent: str, make_room: bool = False,
                       replacing: Session | None = None,
-                      known_device: bool = False) -> tuple[User, Session] | None:
+                      device: str | None = None) -> tuple[User, Session] | None:
         """Check the password and start a session; None when refused (a wrong
         password, an unknown, disabled or locked user: one answer for all,
         the reason kept for the audit trail). ``replacing``, the caller's
         current session, is signed out first (so it frees its place under
-        the cap). Throttled (a block in force, throttle.py; ``known_device``:
-        the browser signed in as this account before) and AtCapacity propagate."""
+        the cap). Throttled (throttle.py; ``device``: the browser's id when
+        its device cookie vouches for this account) and AtCapacity propagate."""
         assert self.users is not None, "not in an operator tool"
         typed = username.strip().casefold()[:128]      # the name as typed, for the audit
-        if self.throttle is not None:
-            wait = await self.throttle.blocked_for(username, ip, known_device)
+        throttle = self.throttle
+        strikes = throttle.strikes(username, ip, device) if throttle is not None else []
+        # Every path asks the store the same things, whatever the answer.
+        locked = await self.store.is_locked(typed)
+        if throttle is not None:
+            wait = await throttle.attempt(strikes)
             if wait > 0:
-                self._failed(typed, "throttled", ip, user_agent)
-                await asyncio.sleep(self.users.typical_check)   # as slow as a refusal
+                self._refused(typed, ip, user_agent, wait)
+                await asyncio.sleep(self.users.typical_check)     # as slow as a refusal
                 raise Throttled(wait)
         user, why = await self.users.check(username, password)
-        if user is not None and await self.store.is_locked(user.key):
+        if user is not None and locked:
             user, why = None, "locked"
         if user is None:
             self._failed(typed, why, ip, user_agent)
-            if self.throttle is not None:
-                self._blocked(await self.throttle.failed(username, ip, known_device))
+            if throttle is not None:
+                self._blocked(await throttle.failed(strikes))
             return None
-        if self.throttle is not None:
-            await self.throttle.succeeded(username, ip)
+        if throttle is not None:
+            await throttle.succeeded(strikes)
         if replacing is not None:
             await self.end(replacing.username, replacing.id, LOGOUT, actor=replacing.username)
         session = await self.start(user, remember=remember, ip=ip, user_agent=user_agent,
@@ -210,6 +216,18 @@ class SessionService:
             await self.end(user.key, session.id, USER_LOCKED, SYSTEM)
             return None
         return user, session
+
+    def _refused(self, typed: str, ip: str, user_agent: str, wait: float) -> None:
+        """A throttled attempt costs its sender nothing, so it is audited once
+        per name and address per block (per worker), not once per request."""
+        now = self.clock()
+        key = f"{typed}\n{ip}"
+        if self._reported.get(key, 0.0) > now:
+            return
+        if len(self._reported) >= _MAX_REMEMBERED:
+            self._reported.clear()
+        self._reported[key] = now + wait
+        self._failed(typed, "throttled", ip, user_agent)
 
     def _blocked(self, blocks: list[Block]) -> None:
         for block in blocks:
@@ -419,19 +437,24 @@ class SessionService:
         counts as freshly signed in for ``session.reauth_after``. Throttled
         while a block is in force."""
         assert self.users is not None, "not in an operator tool"
-        # Guessed like a sign-in: the same pair and address limits (the
-        # session's browser counts as one that signed in, so no account block).
-        name, ip = identity.user.username, identity.session.ip
-        if self.throttle is not None:
-            wait = await self.throttle.blocked_for(name, ip, known_device=True)
+        # Guessed like a sign-in, but counted per session (a stolen one is the
+        # case this guards), wherever its requests come from.
+        from .security import fingerprint
+        name, throttle = identity.user.username, self.throttle
+        strikes = throttle.session_strikes(name, fingerprint(identity.session.id)) \
+            if throttle is not None else []
+        if throttle is not None:
+            wait = await throttle.attempt(strikes)
             if wait > 0:
                 await asyncio.sleep(self.users.typical_check)
                 raise Throttled(wait)
         if await self.users.verify(name, password) is None:
             log.info("password re-entry failed for a session of %s", identity.user.key)
-            if self.throttle is not None:
-                self._blocked(await self.throttle.failed(name, ip, known_device=True))
+            if throttle is not None:
+                self._blocked(await throttle.failed(strikes))
             return False
+        if throttle is not None:
+            await throttle.succeeded(strikes)
         now = self.clock()
         changes = {"authenticated_at": now}
         self.cache.drop(identity.session.id)

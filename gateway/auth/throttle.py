@@ -5,17 +5,22 @@ shares them, under three keys, each with its own limit (``throttle``):
 
 - pair: one account from one address, someone guessing at a keyboard;
 - ip: one address across accounts, credential stuffing and spraying;
-- account: one account across addresses. A browser that has signed in as
-  that account before carries a signed device cookie and is exempt, so
-  whoever floods an account from elsewhere cannot lock its owner out of
-  their own browser.
+- account: one account across addresses.
 
-The blocks are checked before the password hash is computed, so a blocked
-guesser costs no CPU; the answer then waits as long as a verification
-takes, so it is no faster than a refusal. A sign-in that works resets its
-pair's count. Accounts are keyed by a hash of the name as typed
-(canonical), so unknown names are throttled like real ones; IPv6 addresses
-by their /64. The device cookie is auth/cookies.py's.
+A browser that has signed in as the account before carries a signed device
+cookie (auth/cookies.py) and is counted under that device alone, so
+neither an attacker flooding the account from elsewhere nor one sharing its
+owner's address can lock the owner out of their own browser.
+
+Blocks are checked before the password hash is computed, and an attempt is
+held as in flight meanwhile, atomically per key: no more attempts go on at
+once than failures are left before the block, so a blocked guesser costs no
+CPU and a burst cannot slip past the limit (the others wait a second). A
+refused answer waits as long as a verification takes, so it is no faster
+than a refusal. A sign-in that works resets its pair's count. Accounts are
+keyed by a hash of the name as typed (canonical), so unknown names are
+throttled like real ones; IPv6 addresses by their /64 (a /48 holder still
+gets 65,536 address budgets: not built).
 """
 
 from __future__ import annotations
@@ -61,26 +66,39 @@ class LoginThrottle:
         self.config = config
         self.store = store
 
-    def strikes(self, username: str, ip: str, known_device: bool) -> list[Strike]:
+    def strikes(self, username: str, ip: str, device: str | None) -> list[Strike]:
+        """The keys an attempt counts under. From a browser whose device cookie
+        vouches for the account (``device``: its id), only that device's own
+        key, with the pair's limits: neither the address (a NAT shared with an
+        attacker) nor the account (flooded from elsewhere) can lock it out,
+        and a stolen device cookie buys no more guesses than a pair."""
         c, tag, ip = self.config, account_tag(username), address_key(ip)
         user = canonical_username(username)[:128]
-        out = [Strike(f"pair:{tag}:{ip}", c.pair.failures, c.pair.window, c.pair.block,
-                      {"kind": "pair", "user": user, "ip": ip}),
-               Strike(f"ip:{ip}", c.ip.failures, c.ip.window, c.ip.block,
-                      {"kind": "ip", "ip": ip})]
-        if not known_device:
-            out.append(Strike(f"account:{tag}", c.account.failures, c.account.window,
-                              c.account.block, {"kind": "account", "user": user}))
-        return out
+        if device is not None:
+            return [Strike(f"device:{device}:{tag}", c.pair.failures, c.pair.window,
+                           c.pair.block, {"kind": "device", "user": user})]
+        return [Strike(f"pair:{tag}:{ip}", c.pair.failures, c.pair.window, c.pair.block,
+                       {"kind": "pair", "user": user, "ip": ip}),
+                Strike(f"ip:{ip}", c.ip.failures, c.ip.window, c.ip.block,
+                       {"kind": "ip", "ip": ip}),
+                Strike(f"account:{tag}", c.account.failures, c.account.window,
+                       c.account.block, {"kind": "account", "user": user})]
 
-    async def blocked_for(self, username: str, ip: str, known_device: bool) -> float:
-        """Seconds until this sign-in may be tried (0: now)."""
-        return await self.store.throttle_check(
-            [s.key for s in self.strikes(username, ip, known_device)])
+    def session_strikes(self, username: str, session: str) -> list[Strike]:
+        """A password re-entered within a session (a fingerprint of it): that
+        session's own key with the pair's limits, wherever it comes from."""
+        c = self.config
+        return [Strike(f"session:{session}", c.pair.failures, c.pair.window, c.pair.block,
+                       {"kind": "session", "user": canonical_username(username)[:128]})]
 
-    async def failed(self, username: str, ip: str, known_device: bool) -> list[Block]:
-        """Count a failure; the blocks it started (each an audit event)."""
-        return await self.store.throttle_fail(self.strikes(username, ip, known_device))
+    async def attempt(self, strikes: list[Strike]) -> float:
+        """Before the password is checked: 0, or the seconds to wait."""
+        return await self.store.throttle_attempt(strikes)
 
-    async def succeeded(self, username: str, ip: str) -> None:
-        await self.store.throttle_reset([self.strikes(username, ip, True)[0].key])
+    async def failed(self, strikes: list[Strike]) -> list[Block]:
+        """A wrong password: the blocks it started (each an audit event)."""
+        return await self.store.throttle_settle(strikes, failed=True, reset=[])
+
+    async def succeeded(self, strikes: list[Strike]) -> None:
+        """A right password: the pair (or device, or session) starts over."""
+        await self.store.throttle_settle(strikes, failed=False, reset=[strikes[0].key])

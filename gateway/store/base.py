@@ -212,6 +212,10 @@ class Counts:
         return bool(self.add or self.once or self.distinct or self.rank)
 
 
+# How long an attempt waits while as many others are in flight as failures
+# are left before a block: a moment, not a block.
+BUSY_WAIT = 1.0
+
 # A ranking keeps its top RANK_KEEP members (e.g. the IPs with most failed
 # sign-ins in a day), so a spray from many addresses cannot grow it without bound.
 RANK_KEEP = 10_000
@@ -226,9 +230,9 @@ class CountsRead:
 
 @dataclass(frozen=True)
 class Strike:
-    """One failed sign-in, counted under a throttle key (auth/throttle.py)."""
-    key: str                  # "pair:<tag>:<ip>", "ip:<ip>", "account:<tag>"
-    failures: int             # this many within ``window`` seconds block the key
+    """One sign-in attempt, counted under a throttle key (auth/throttle.py)."""
+    key: str                  # "pair:<tag>:<ip>", "ip:<ip>", "account:<tag>", ...
+    failures: int             # more than this within ``window`` seconds block the key
     window: float
     block: float              # for this many seconds
     info: dict[str, str]      # what the block is about, for people: kind, user, ip
@@ -344,21 +348,24 @@ class SessionStore(ABC):
     async def audit_after(self, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         """Up to ``count`` entries newer than the entry id ``after``, oldest first."""
 
-    # -- login throttling: failures counted per key, blocks held until they end --------
+    # -- login throttling: failures counted per key, blocks held until they end -------
     @abstractmethod
-    async def throttle_check(self, keys: list[str]) -> float:
-        """Seconds left of the longest block in force among ``keys`` (0: none)."""
+    async def throttle_attempt(self, strikes: list[Strike]) -> float:
+        """Before a password is checked: 0 if the attempt may go on, in which
+        case it is held as in flight under each strike's key (one atomic
+        step per key), else the seconds to wait: a block in force, or
+        BUSY_WAIT when as many attempts are in flight as failures are left
+        before the block (so a burst cannot slip past it). Every attempt
+        that went on must be settled with ``throttle_settle``."""
 
     @abstractmethod
-    async def throttle_fail(self, strikes: list[Strike]) -> list[Block]:
-        """Count one failure under each strike's key (its window starts at the
-        first failure) and block each key that reached its ``failures``;
-        returns the blocks this call started: across every worker and
-        instance, exactly one caller starts each block."""
-
-    @abstractmethod
-    async def throttle_reset(self, keys: list[str]) -> None:
-        """Forget the failures counted under ``keys`` (a sign-in that worked)."""
+    async def throttle_settle(self, strikes: list[Strike], failed: bool,
+                              reset: list[str]) -> list[Block]:
+        """The attempt's outcome: no longer in flight; if it ``failed``, one
+        failure more under each key (the window starts at the first) and the
+        blocks that reached ``failures`` start, returned (across every worker
+        and instance, exactly one caller starts each); if not, the counts of
+        the keys in ``reset`` start over."""
 
     @abstractmethod
     async def throttle_blocks(self) -> list[Block]:

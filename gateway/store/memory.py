@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .base import (MAX_FINDINGS, RANK_KEEP, SESSION_LIMIT, AtCapacity, Block, Counts,
+from .base import (BUSY_WAIT, MAX_FINDINGS, RANK_KEEP, SESSION_LIMIT, AtCapacity, Block, Counts,
                    CountsRead, EndedSession, Ending, Page, Session, SessionStore, Strike)
 from .paging import decode_cursor, encode_cursor
 
@@ -38,8 +38,8 @@ class MemorySessionStore(SessionStore):
         self._audit_ms, self._audit_seq = 0, 0
         self._marks: dict[str, tuple[float, set[str]]] = {}
         self._swapped: dict[str, dict[str, str]] = {}
-        # Login throttling: key -> (window end, failures); key -> its block.
-        self._failures: dict[str, tuple[float, int]] = {}
+        # Login throttling: key -> [window end, failures, in flight]; key -> its block.
+        self._failures: dict[str, list[Any]] = {}
         self._blocks: dict[str, Block] = {}
         # Analytics: key -> (kept until, a Counter of fields or a set of members).
         self._counts: dict[str, tuple[float, Any]] = {}
@@ -203,30 +203,50 @@ class MemorySessionStore(SessionStore):
         floor = _entry_key(after)
         return [(i, dict(r)) for i, r in self._audit if _entry_key(i) > floor][:count]
 
-    async def throttle_check(self, keys: list[str]) -> float:
+    async def throttle_attempt(self, strikes: list[Strike]) -> float:
+        self._sweep()           # attempts come from anyone, for any name: keep it bounded
         now = self._clock()
-        return max([b.until - now for b in map(self._blocks.get, keys)
-                    if b is not None and b.until > now], default=0.0)
+        waits = []
+        for strike in strikes:          # no await in between: one step, as in Redis
+            block = self._blocks.get(strike.key)
+            if block is not None and block.until > now:
+                waits.append(block.until - now)
+                continue
+            count = self._failures.get(strike.key)
+            if count is None or count[0] <= now:
+                count = self._failures[strike.key] = [now + strike.window, 0, 0]
+            if count[1] + count[2] >= strike.failures:
+                waits.append(BUSY_WAIT)
+        if waits:
+            return max(waits)
+        for strike in strikes:
+            self._failures[strike.key][2] += 1
+        return 0.0
 
-    async def throttle_fail(self, strikes: list[Strike]) -> list[Block]:
-        self._sweep()           # failures come from anyone, for any name: keep it bounded
+    async def throttle_settle(self, strikes: list[Strike], failed: bool,
+                              reset: list[str]) -> list[Block]:
         now = self._clock()
         started = []
         for strike in strikes:
-            until, n = self._failures.get(strike.key, (0.0, 0))
-            if until <= now:
-                until, n = now + strike.window, 0
-            self._failures[strike.key] = (until, n + 1)
-            if n + 1 >= strike.failures and await self.throttle_check([strike.key]) == 0:
-                block = Block(strike.key, now + strike.block, dict(strike.info))
-                self._blocks[strike.key] = block
+            count = self._failures.get(strike.key)
+            if count is None:
+                continue
+            count[2] = max(0, count[2] - 1)
+            if not failed:
+                if strike.key in reset:
+                    count[1] = 0
+                continue
+            count[1] += 1
+            if count[1] >= strike.failures and self._unblocked(strike.key, now):
+                block = self._blocks[strike.key] = Block(strike.key, now + strike.block,
+                                                          dict(strike.info))
                 del self._failures[strike.key]
                 started.append(block)
         return started
 
-    async def throttle_reset(self, keys: list[str]) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
+    def _unblocked(self, key: str, now: float) -> bool:
+        block = self._blocks.get(key)
+        return block is None or block.until <= now
 
     async def throttle_blocks(self) -> list[Block]:
         now = self._clock()
@@ -310,7 +330,7 @@ class MemorySessionStore(SessionStore):
             del self._marks[sid]
         for key in [key for key, (until, _) in self._counts.items() if until <= now]:
             del self._counts[key]
-        for key in [key for key, (until, _) in self._failures.items() if until <= now]:
+        for key in [key for key, (until, _, _) in self._failures.items() if until <= now]:
             del self._failures[key]
         for key in [key for key, block in self._blocks.items() if block.until <= now]:
             del self._blocks[key]

@@ -21,8 +21,8 @@ the per-user scripts stay legal there):
     gw:revoked         pub/sub channel: the id of every ended session
     gw:locks           hash: locked users (admin console), no TTL
     gw:audit           stream: the audit trail, trimmed to ``audit.retention``
-    gw:th:c:<key>      failed sign-ins counted under a throttle key, for its window
-    gw:th:b:<key>      a throttle block (JSON: what it is about), for its length
+    gw:th:k:<key>      hash: sign-in attempts counted under a throttle key, its
+                       window, its block and what the block is about
     gw:th:blocks       sorted set: the keys blocked, by when the block ends
     gw:v:<name>        hash: the version of the config or users file in effect
                        (audit/versions.py), no TTL
@@ -60,10 +60,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import RedisConfig
-from .base import (EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP, REVOKED_BY_ADMIN,
-                   SESSION_LIMIT, USER_DISABLED, AtCapacity, Block, Counts, CountsRead,
-                   EndedSession, Ending, Page, Session, SessionStore, StoreUnavailable, Strike,
-                   encode_fields)
+from .base import (BUSY_WAIT, EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP,
+                   REVOKED_BY_ADMIN, SESSION_LIMIT, USER_DISABLED, AtCapacity, Block, Counts,
+                   CountsRead, EndedSession, Ending, Page, Session, SessionStore,
+                   StoreUnavailable, Strike, encode_fields)
 from .client import connect
 from .paging import decode_cursor, encode_cursor
 
@@ -254,27 +254,41 @@ for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, keep) end
 return 1
 """
 
-# KEYS: a throttle key's failure count (a hash: until, n). ARGV: now and the
-# window, ms. One more failure; a count whose window is over starts again.
-# Times are the gateway's, so a block and a window end by its clock.
-_STRIKE = """
+# KEYS: one throttle key's state, a hash: n failures and p attempts in
+# flight in the window ending at w, a block until b (ms, the gateway's clock,
+# so tests can move it) and what it is about, i. ARGV: now, window (ms),
+# failures. Returns ms to wait (-1: busy), 0 when the attempt is in flight.
+_ATTEMPT = """
 local now = tonumber(ARGV[1])
-if tonumber(redis.call('HGET', KEYS[1], 'until') or '0') <= now then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[2]))
+local b = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
+if b > now then return b - now end
+if tonumber(redis.call('HGET', KEYS[1], 'w') or '0') <= now then
+  redis.call('HSET', KEYS[1], 'n', 0, 'p', 0, 'w', now + tonumber(ARGV[2]), 'b', 0)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return redis.call('HINCRBY', KEYS[1], 'n', 1)
+local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
+if n + tonumber(redis.call('HGET', KEYS[1], 'p')) >= tonumber(ARGV[3]) then return -1 end
+redis.call('HINCRBY', KEYS[1], 'p', 1)
+return 0
 """
 
-# KEYS: a throttle key's block and its failure count. ARGV: now and the
-# block's end (ms), the block as JSON. Starts the block unless one is in
-# force (1: this call started it), and the count over.
-_BLOCK = """
-local held = redis.call('GET', KEYS[1])
-if held and tonumber(cjson.decode(held)['until']) * 1000 > tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', tonumber(ARGV[2]) - tonumber(ARGV[1]))
-redis.call('DEL', KEYS[2])
+# KEYS: one throttle key's state. ARGV: now, failed (1/0), reset (1/0),
+# failures, block (ms), what it is about. Returns 1 if this call started the
+# key's block.
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'p') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'p', -1)
+end
+if ARGV[2] ~= '1' then
+  if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'n', 0) end
+  return 0
+end
+local now = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'b') or '0') > now then return 0 end
+if redis.call('HINCRBY', KEYS[1], 'n', 1) < tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], 'n', 0, 'p', 0, 'w', 0, 'b', now + tonumber(ARGV[5]), 'i', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
@@ -305,15 +319,6 @@ def _queue(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
     """A script in a pipeline as a bare EVALSHA: given the script itself,
     redis-py first asks SCRIPT EXISTS, a round trip of its own."""
     pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-
-def _block_end(raw: bytes | None) -> float:
-    """When a stored throttle block ends (0: none, or unreadable)."""
-    try:
-        until = json.loads(raw)["until"] if raw else 0
-    except (ValueError, TypeError, KeyError):
-        return 0.0
-    return float(until) if isinstance(until, (int, float)) else 0.0
 
 
 def _pairs(fields: dict[str, str]) -> list[str]:
@@ -358,8 +363,8 @@ class RedisSessionStore(SessionStore):
         self._user_sessions = self.redis.register_script(_USER_SESSIONS)
         self._count = self.redis.register_script(_COUNT)
         self._swap = self.redis.register_script(_SWAP)
-        self._strike = self.redis.register_script(_STRIKE)
-        self._block = self.redis.register_script(_BLOCK)
+        self._attempt = self.redis.register_script(_ATTEMPT)
+        self._settle = self.redis.register_script(_SETTLE)
 
     # -- keys --------------------------------------------------------------
     def session_key(self, username: str, sid: str) -> str:
@@ -783,62 +788,57 @@ class RedisSessionStore(SessionStore):
                       len(records) + bool(counts), type(refused[0]).__name__)
 
     # -- login throttling ----------------------------------------------------------
-    def _throttle_key(self, kind: str, key: str) -> str:
-        return f"{self.prefix}:th:{kind}:{key}"
+    def _throttle_key(self, key: str) -> str:
+        return f"{self.prefix}:th:k:{key}"
 
     @property
     def throttle_index(self) -> str:
         return f"{self.prefix}:th:blocks"
 
-    async def throttle_check(self, keys: list[str]) -> float:
-        now = self.clock()
+    async def throttle_attempt(self, strikes: list[Strike]) -> float:
+        now_ms = int(self.clock() * 1000)
 
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(self._throttle_key("b", key))
+                for s in strikes:
+                    _queue(pipe, self._attempt, [self._throttle_key(s.key)],
+                           [now_ms, max(1, int(s.window * 1000)), s.failures])
                 return await pipe.execute()
-        ends = [_block_end(raw) for raw in await self._call(run)]
-        return max([end - now for end in ends if end > now], default=0.0)
+        answers = [int(ms) for ms in await self._call(lambda: self._loading(run, self._attempt))]
+        if not any(answers):
+            return 0.0
+        # Refused: what this attempt holds in flight under the other keys goes.
+        held = [s for s, ms in zip(strikes, answers) if ms == 0]
+        if held:
+            await self.throttle_settle(held, failed=False, reset=[])
+        return max(BUSY_WAIT if ms < 0 else ms / 1000 for ms in answers)
 
-    async def throttle_fail(self, strikes: list[Strike]) -> list[Block]:
+    async def throttle_settle(self, strikes: list[Strike], failed: bool,
+                              reset: list[str]) -> list[Block]:
         now = self.clock()
         now_ms = int(now * 1000)
 
-        async def count() -> list[Any]:
+        async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for strike in strikes:
-                    _queue(pipe, self._strike, [self._throttle_key("c", strike.key)],
-                           [now_ms, max(1, int(strike.window * 1000))])
+                for s in strikes:
+                    _queue(pipe, self._settle, [self._throttle_key(s.key)],
+                           [now_ms, "1" if failed else "0", "1" if s.key in reset else "0",
+                            s.failures, max(1, int(s.block * 1000)), json.dumps(s.info)])
                 return await pipe.execute()
-        counts = await self._call(lambda: self._loading(count, self._strike))
-        blocks = [Block(s.key, now + s.block, dict(s.info))
-                  for s, n in zip(strikes, counts) if n >= s.failures]
-        if not blocks:
-            return []
-
-        async def block() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for b in blocks:
-                    _queue(pipe, self._block, [self._throttle_key("b", b.key),
-                                               self._throttle_key("c", b.key)],
-                           [now_ms, int(b.until * 1000), json.dumps({**b.info, "until": b.until})])
-                return await pipe.execute()
-        started = [b for b, ok in zip(blocks, await self._call(
-            lambda: self._loading(block, self._block))) if ok]
-        if started:
+        answers = await self._call(lambda: self._loading(run, self._settle))
+        started = [Block(s.key, now + s.block, dict(s.info))
+                   for s, new in zip(strikes, answers) if new]
+        if started:         # for throttle list; the blocks hold without it
             async def index() -> None:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.zadd(self.throttle_index, {b.key: int(b.until * 1000) for b in started})
                     pipe.zremrangebyscore(self.throttle_index, "-inf", now_ms)
                     await pipe.execute()
-            await self._call(index)
+            try:
+                await self._call(index)
+            except StoreUnavailable as exc:
+                log.error("throttle: %d blocks not listed (%s)", len(started), exc)
         return started
-
-    async def throttle_reset(self, keys: list[str]) -> None:
-        if keys:
-            await self._call(lambda: self.redis.delete(
-                *(self._throttle_key("c", k) for k in keys)))
 
     async def throttle_blocks(self) -> list[Block]:
         now_ms = int(self.clock() * 1000)
@@ -849,29 +849,32 @@ class RedisSessionStore(SessionStore):
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.get(self._throttle_key("b", key.decode()))
+                    pipe.hmget(self._throttle_key(key.decode()), "b", "i")
                 return list(zip(keys, await pipe.execute()))
         out = []
-        for key, raw in await self._call(run):
-            until = _block_end(raw)
-            if until * 1000 > now_ms:
-                info = json.loads(raw)
-                out.append(Block(key.decode(), until,
-                                 {k: str(v) for k, v in info.items() if k != "until"}))
+        for key, (until, info) in await self._call(run):
+            try:
+                until_ms, about = int(until or 0), json.loads(info or "{}")
+            except ValueError:
+                continue
+            if until_ms > now_ms and isinstance(about, dict):
+                out.append(Block(key.decode(), until_ms / 1000,
+                                 {k: str(v) for k, v in about.items()}))
         return sorted(out, key=lambda b: (b.until, b.key))
 
     async def throttle_clear(self, keys: list[str]) -> int:
         if not keys:
             return 0
+        now_ms = int(self.clock() * 1000)
 
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.delete(self._throttle_key("b", key))
-                pipe.delete(*(self._throttle_key("c", k) for k in keys))
+                    pipe.hget(self._throttle_key(key), "b")
+                pipe.delete(*(self._throttle_key(k) for k in keys))
                 pipe.zrem(self.throttle_index, *keys)
                 return await pipe.execute()
-        return sum((await self._call(run))[:len(keys)])
+        return sum(1 for b in (await self._call(run))[:len(keys)] if b and int(b) > now_ms)
 
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old = await self._call(lambda: self._swap(keys=[f"{self.prefix}:v:{name}"],

@@ -47,7 +47,7 @@ async def sign_in(request: web.Request, gw: Gateway, username: str, password: st
     signed_in = await gw.sessions.sign_in(username, password, remember=remember, ip=ip,
                                           user_agent=agent, make_room=make_room,
                                           replacing=previous,
-                                          known_device=gw.devices.knows(device, username))
+                                          device=gw.devices.device_for(device, username))
     if signed_in is None:
         log.info("login failed from %s", ip)
         return None
