@@ -9,6 +9,8 @@ hot path is judged against the commit before it.
 
     .venv/bin/python -m bench.ab --base HEAD              # ~4 min
     .venv/bin/python -m bench.ab --base a74f84f --rounds 7 --duration 10
+    .venv/bin/python -m bench.ab --base HEAD --together \
+        --with-config bench/configs/rate-limit.yaml       # what a setting costs
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from . import gwctl
 from .load import WrkSettings, wrk
 from .procs import REPO_DIR, Stack, check_tools, http_status
@@ -27,11 +31,15 @@ from .scenarios import bench_usernames
 
 
 def start(stack: Stack, name: str, source: Path, redis_port: int, upstream_port: int,
-          hashed: str) -> tuple[gwctl.GatewayConfig, int]:
-    """A gateway whose ``gateway`` package is imported from ``source``; (config, pid)."""
+          hashed: str, extra: dict[str, object] | None = None) -> tuple[gwctl.GatewayConfig, int]:
+    """A gateway whose ``gateway`` package is imported from ``source``, its
+    config with ``extra``'s top-level keys; (config, pid)."""
     d, port = stack.dir(name), stack.ports.take()
     cfg = gwctl.write_config(d, port=port, redis_port=redis_port, upstream_port=upstream_port,
                              workers=2, usernames=bench_usernames(), hashed=hashed)
+    if extra:
+        config = yaml.safe_load(cfg.path.read_text())
+        cfg.path.write_text(yaml.safe_dump({**config, **extra}, sort_keys=False))
     svc = stack.spawn(name, [sys.executable, "-m", "gateway", "run", "--config", str(cfg.path)],
                       port=port, dir=d, timeout=60, env={"PYTHONPATH": str(source)},
                       ready=lambda: http_status(f"{cfg.url}/_gateway/healthz") == 200)
@@ -87,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--with-config", type=Path, metavar="YAML",
+                   help="top-level keys added to this tree's config only (with --base HEAD: "
+                        "the cost of a setting, e.g. rate_limits)")
     p.add_argument("--together", action="store_true",
                    help="drive both at once (wrk -t1 each, half the connections), so that "
                         "the machine's drift falls on both in the same seconds; the figure "
@@ -97,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                           capture_output=True, text=True, check=True).stdout.strip()
     head = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_DIR,
                           capture_output=True, text=True, check=True).stdout.strip()
+    if args.with_config:
+        head += f"+{args.with_config.stem}"
     stack = Stack()
     tree = stack.root / "base-tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), base], cwd=REPO_DIR,
@@ -108,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         hashed = gwctl.password_hash()
         started = {base: start(stack, "gw-base", tree, redis_base.port, upstream.port, hashed),
                    head: start(stack, "gw-head", REPO_DIR, redis_head.port, upstream.port,
-                               hashed)}
+                               hashed, yaml.safe_load(args.with_config.read_text())
+                               if args.with_config else None)}
         gateways = {name: cfg for name, (cfg, _) in started.items()}
         pids = {name: pid for name, (_, pid) in started.items()}
         cpu_ms: dict[str, list[float]] = {name: [] for name in gateways}

@@ -31,6 +31,7 @@ from .proxy.headers import fold
 from .proxy.pipeline import handle
 from .proxy.forward import ResponseGuard, new_client_session
 from .proxy.monitor import script_tag
+from .proxy.ratelimit import Limiter, ProxyLimits
 from .auth.cookies import NOTICE_COOKIE, DeviceCookie
 from .auth.devices import warm_up
 from .auth.geo import Locator
@@ -66,6 +67,7 @@ def create_app(config: Config, store: SessionStore | None = None,
         session_store = store or create_store(config.session, clock)
         background = Background()
         client = new_client_session()
+        limiter = Limiter(session_store, clock)
         gw = Gateway(
             config=config, router=Router(config.upstreams), users=users,
             store=session_store,
@@ -80,7 +82,10 @@ def create_app(config: Config, store: SessionStore | None = None,
             locator=locator,
             monitor_tag=script_tag(config.prefix),
             audit=AuditTrail(config, session_store, background.spawn, client),
-            devices=DeviceCookie(config.secret, config.throttle.device_cookie_lifetime, clock))
+            devices=DeviceCookie(config.secret, config.throttle.device_cookie_lifetime, clock),
+            limiter=limiter,
+            rate_limits=ProxyLimits(config.rate_limits, limiter) if config.rate_limits
+            else None)
         app[GATEWAY] = gw
         gw.sessions.events.subscribe(gw.audit.record)
         users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),
@@ -92,6 +97,7 @@ def create_app(config: Config, store: SessionStore | None = None,
         background.spawn(note_users(session_store, gw.sessions.events, users, clock),
                          "users version")
         background.spawn(gw.sessions.follow_revocations(), "revocation feed")
+        background.spawn(limiter.keep_syncing(), "rate limit counts")
         background.spawn(_watch_users_file(users), "users file")
         background.spawn(keep_sampling(session_store, config.session.idle_timeout, clock),
                          "active sessions sampler")

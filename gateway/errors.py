@@ -27,7 +27,7 @@ MESSAGES = {
     "HEADERS_TOO_LARGE": "The request headers are larger than this gateway accepts.",
     "HTTP_VERSION_NOT_SUPPORTED": "Only HTTP/1.0 and HTTP/1.1 are spoken here.",
     "INVALID_CREDENTIALS": "Invalid username or password.",
-    "RATE_LIMITED": "Too many attempts. Please wait a while, then try again.",
+    "RATE_LIMITED": "Too many requests. Please wait a while, then try again.",
     "REAUTH_REQUIRED": "Enter your password again to do this.",
     "SESSION_LIMIT": "You are signed in on as many devices as this site allows.",
     "SESSION_NOT_FOUND": "A valid session is required.",

@@ -20,6 +20,7 @@ from .auth.users import UserDirectory
 from .config import Config
 from .proxy.access import Router
 from .proxy.forward import ResponseGuard
+from .proxy.ratelimit import Limiter, ProxyLimits
 from .store import SessionStore
 
 log = logging.getLogger("gateway")
@@ -77,6 +78,10 @@ class Gateway:
     audit: AuditTrail
     # The browser's record of accounts it signed in as (login throttling).
     devices: DeviceCookie
+    # Rate limits: counted in this worker, shared through the store; the
+    # rate_limits rules (None without any).
+    limiter: Limiter
+    rate_limits: ProxyLimits | None
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -371,7 +371,7 @@ def test_example_config_passes_check_config() -> None:
 
 
 # Keys whose value in the example is an illustration, not the default.
-ILLUSTRATED = {"upstreams[].public", "upstreams[].rules"}
+ILLUSTRATED = {"upstreams[].public", "upstreams[].rules", "rate_limits[].path"}
 
 
 def _schema_keys(cls: type, prefix: str = "") -> dict[str, Any]:
@@ -397,7 +397,7 @@ def _example_keys(node: Any, prefix: str = "") -> dict[str, Any]:
         out[path] = v
         if isinstance(v, dict):
             out.update(_example_keys(v, path + "."))
-        elif isinstance(v, list) and v and isinstance(v[0], dict) and k == "upstreams":
+        elif isinstance(v, list) and v and isinstance(v[0], dict) and k != "rules":
             out.update(_example_keys(v[0], path + "[]."))
     return out
 

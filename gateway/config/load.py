@@ -171,6 +171,15 @@ def build_config(data: Any, base_dir: Path = Path("."),
     for i, name in enumerate(names):
         if name is not None and names.index(name) != i:
             problems.append(f"upstreams[{i}].name: duplicate name {name!r}")
+    rules = [rule.name for rule in config.rate_limits]
+    for i, rule in enumerate(config.rate_limits):
+        if rule.name is not None and rules.index(rule.name) != i:
+            problems.append(f"rate_limits[{i}].name: duplicate name {rule.name!r}")
+        if rule.upstream is not None and rule.upstream not in names:
+            problems.append(f"rate_limits[{i}].upstream: no upstream is named {rule.upstream!r}")
+        if rule.name is not None and not all(c.isalnum() or c in "-_." for c in rule.name):
+            problems.append(f"rate_limits[{i}].name: letters, digits, '-', '_' and '.' only "
+                            f"(it names the RateLimit-Policy), got {rule.name!r}")
     if session.store == "memory" and config.workers > 1:
         problems.append("workers: the memory session store is per process; "
                         "use session.store: redis with more than one worker")

@@ -153,6 +153,20 @@ class ThrottleConfig:
 
 
 @dataclass(frozen=True)
+class RateLimitRule:
+    """At most ``limit`` proxied requests per ``window`` ``per`` user,
+    session or address, on the paths under ``path`` (of one upstream, with
+    some methods, when named)."""
+    name: str = key(None, v.string, required=True)
+    limit: int = key(None, v.integer(minimum=1), required=True)
+    window: float = key(None, v.duration(minimum=1), required=True)
+    per: str = key("user", v.one_of("user", "session", "ip"))
+    path: str = key("/", v.path_prefix)
+    upstream: str | None = key(None, v.optional_string)
+    methods: tuple[str, ...] = key([], v.methods)
+
+
+@dataclass(frozen=True)
 class SecurityHeaders:
     # Strict-Transport-Security on the gateway's own answers when public_url
     # is https (0: none); includeSubDomains only when asked, since it binds
@@ -231,6 +245,7 @@ class Config:
     admin: AdminConfig = section(AdminConfig)
     security_headers: SecurityHeaders = section(SecurityHeaders)
     throttle: ThrottleConfig = section(ThrottleConfig)
+    rate_limits: tuple[RateLimitRule, ...] = items(RateLimitRule)
     audit: AuditConfig = section(AuditConfig)
     users: UsersConfig = section(UsersConfig)
     limits: Limits = section(Limits)

@@ -130,6 +130,17 @@ def lowercase_list(v: Any) -> tuple[str, ...]:
     return tuple(item.lower() for item in str_list(v))
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def methods(v: Any) -> tuple[str, ...]:
+    names = tuple(item.upper() for item in str_list(v))
+    unknown = sorted(set(names) - HTTP_METHODS)
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r} (use {', '.join(sorted(HTTP_METHODS))})")
+    return names
+
+
 def optional_url(schemes: tuple[str, ...]) -> Callable[[Any], str | None]:
     parse = url(schemes)
     return lambda v: None if v is None else parse(v)

@@ -57,6 +57,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return refuse(request, gw, verdict)
     upstream, identity, token = verdict.upstream, verdict.identity, verdict.token
 
+    # 5b. Rate limits: counted in this worker, shared through the store by a
+    #     background task (ratelimit.py), so no store call here.
+    if gw.rate_limits is not None:
+        limited = gw.rate_limits.check(
+            upstream, verdict.encoded_path, request.method,
+            identity.user.key if identity else None,
+            identity.session.id if identity else None, ip)
+        if limited is not None:
+            return error_response(request, 429, "RATE_LIMITED", headers=limited.headers())
+
     # 6. Headers: the client's, minus anything that could pass for ours, plus ours.
     headers = upstream_request_headers(
         request.headers, peer=request.remote, client=ip,

@@ -375,6 +375,14 @@ class SessionStore(ABC):
     async def throttle_clear(self, keys: list[str]) -> int:
         """Lift the blocks (and counts) of ``keys``; returns how many blocks were lifted."""
 
+    # -- rate limits: counts per fixed window, added in batches -------------------------
+    @abstractmethod
+    async def rate_sync(self, add: dict[str, tuple[int, float]],
+                        read: list[str]) -> dict[str, int]:
+        """Add ``n`` to each window's count in ``add`` (``{key: (n, seconds to
+        keep it)}``) and read the counts in ``read``, in one round trip: the
+        totals across every worker and instance (a missing key is 0)."""
+
     @abstractmethod
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         """Replace the small map ``name`` with ``values`` and return what it

@@ -38,6 +38,7 @@ class MemorySessionStore(SessionStore):
         self._audit_ms, self._audit_seq = 0, 0
         self._marks: dict[str, tuple[float, set[str]]] = {}
         self._swapped: dict[str, dict[str, str]] = {}
+        self._rates: dict[str, tuple[float, int]] = {}      # window key -> (until, count)
         # Login throttling: key -> [window end, failures, in flight]; key -> its block.
         self._failures: dict[str, list[Any]] = {}
         self._blocks: dict[str, Block] = {}
@@ -261,6 +262,21 @@ class MemorySessionStore(SessionStore):
             self._failures.pop(key, None)
         return len(live & set(keys))
 
+    async def rate_sync(self, add: dict[str, tuple[int, float]],
+                        read: list[str]) -> dict[str, int]:
+        now = self._clock()
+        out = {}
+        for key, (n, keep) in add.items():
+            until, total = self._rates.get(key, (0.0, 0))
+            if until <= now:
+                until, total = now + keep, 0
+            self._rates[key] = (until, total + n)
+            out[key] = total + n
+        for key in read:
+            until, total = self._rates.get(key, (0.0, 0))
+            out[key] = total if until > now else 0
+        return out
+
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old, self._swapped[name] = self._swapped.get(name, {}), dict(values)
         return old
@@ -332,6 +348,8 @@ class MemorySessionStore(SessionStore):
             del self._counts[key]
         for key in [key for key, (until, _, _) in self._failures.items() if until <= now]:
             del self._failures[key]
+        for key in [key for key, (until, _) in self._rates.items() if until <= now]:
+            del self._rates[key]
         for key in [key for key, block in self._blocks.items() if block.until <= now]:
             del self._blocks[key]
 

@@ -24,6 +24,7 @@ the per-user scripts stay legal there):
     gw:th:k:<key>      hash: sign-in attempts counted under a throttle key, its
                        window, its block and what the block is about
     gw:th:blocks       sorted set: the keys blocked, by when the block ends
+    gw:rl:<rule>:<key>:<window>  a rate limit's count in one fixed window
     gw:v:<name>        hash: the version of the config or users file in effect
                        (audit/versions.py), no TTL
     gw:{stats}:<bucket> analytics counters (audit/stats.py): hashes, HyperLogLogs
@@ -875,6 +876,20 @@ class RedisSessionStore(SessionStore):
                 pipe.zrem(self.throttle_index, *keys)
                 return await pipe.execute()
         return sum(1 for b in (await self._call(run))[:len(keys)] if b and int(b) > now_ms)
+
+    async def rate_sync(self, add: dict[str, tuple[int, float]],
+                        read: list[str]) -> dict[str, int]:
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, (n, keep) in add.items():
+                    pipe.incrby(f"{self.prefix}:rl:{key}", n)
+                    pipe.pexpire(f"{self.prefix}:rl:{key}", max(1, int(keep * 1000)))
+                for key in read:
+                    pipe.get(f"{self.prefix}:rl:{key}")
+                return await pipe.execute()
+        answers = await self._call(run)
+        totals = answers[:2 * len(add):2] + answers[2 * len(add):]
+        return {key: int(total or 0) for key, total in zip([*add, *read], totals)}
 
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old = await self._call(lambda: self._swap(keys=[f"{self.prefix}:v:{name}"],

@@ -7,13 +7,15 @@ time, and the monitor's settings. Other callers pay no store read for them.
 
 from __future__ import annotations
 
-from aiohttp import web
-
 import math
+
+from aiohttp import web
 
 from ..auth import security
 from ..auth.sessions import Identity
 from ..errors import json_error, json_response
+from ..proxy.headers import cookie_value
+from ..proxy.ratelimit import digest
 from ..store import StoreUnavailable
 from ..state import Gateway
 from .guards import api_identity, gateway_of, same_origin
@@ -60,7 +62,18 @@ async def api_session(request: web.Request) -> web.Response:
     return await _session_json(request, touch=False)
 
 
+# A session may be extended this often (the monitor asks at most every 30 s).
+REFRESH_LIMIT, REFRESH_WINDOW = 20, 300.0
+
+
 async def api_session_refresh(request: web.Request) -> web.Response:
-    if not same_origin(request, gateway_of(request)):
+    gw = gateway_of(request)
+    if not same_origin(request, gw):
         return json_error(403, "FORBIDDEN", "Cross-site request refused.")
+    token = cookie_value(request.headers.get("Cookie"), gw.config.cookie_name)
+    if token:       # counted before the session is even read (ratelimit.py)
+        limited = gw.limiter.hit([("session-refresh", "s:" + digest(token), REFRESH_LIMIT,
+                                   REFRESH_WINDOW)])
+        if limited is not None:
+            return json_error(429, "RATE_LIMITED", headers=limited.headers())
     return await _session_json(request, force_touch=True)
