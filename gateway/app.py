@@ -112,6 +112,10 @@ def create_app(config: Config, store: SessionStore | None = None,
                 await asyncio.wait_for(gw.audit.flush(), 5)
             except TimeoutError:
                 log.error("audit: events still queued at shutdown were not written")
+            try:        # this worker's last counts, for the workers that go on
+                await asyncio.wait_for(limiter.sync(), 2)
+            except (TimeoutError, StoreUnavailable):
+                pass
             await background.close()
             gw.audit.close()
             await client.close()

@@ -6,6 +6,7 @@ refresh's own limit."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -74,10 +75,21 @@ async def test_a_rule_holds_across_workers_that_share_redis(upstream, make_confi
         assert (await send(client, "GET", "/api/x", token=alice)).status == 429
 
 
-async def test_rules_cost_nothing_when_there_are_none(limited):
-    start, _ = limited
-    client = await start()
-    assert client.app[GATEWAY].rate_limits is None
+async def test_a_rule_can_name_an_upstream_a_session_and_a_servlet_s_reading(
+        upstream, make_config, gateway):
+    """Matched like role rules: the decoded path and, where path parameters
+    are let through, the path a servlet reads."""
+    config = make_config(str(upstream.make_url("/")), rate_limits=[
+        {"name": "mine", "path": "/api/", "per": "session", "limit": 1, "window": "1m",
+         "upstream": "app"}],
+        upstreams=[{"name": "app", "url": str(upstream.make_url("/")),
+                    "allow_path_parameters": True}])
+    client = await gateway(config)
+    one, two = await api_login(client), await api_login(client)
+    assert (await send(client, "GET", "/api/x", token=one)).status == 200
+    assert (await send(client, "GET", "/;x/api/x", token=one)).status == 429
+    assert (await send(client, "GET", "/%61pi/x", token=one)).status == 429
+    assert (await send(client, "GET", "/api/x", token=two)).status == 200      # per session
 
 
 async def test_a_session_is_refreshed_at_most_twenty_times_in_five_minutes(limited):
@@ -87,5 +99,77 @@ async def test_a_session_is_refreshed_at_most_twenty_times_in_five_minutes(limit
     path = "/_gateway/api/session/refresh"
     statuses = [(await send(client, "POST", path, token=alice)).status for _ in range(21)]
     assert statuses == [200] * 20 + [429]
+    assert (await send(client, "POST", path, token=alice + "=")).status == 429  # same session
+    for garbage in ("x", "a.b.c"):           # not ours: refused, and counted nowhere
+        assert (await send(client, "POST", path, token=garbage)).status == 401
     clock.advance(300)
     assert (await send(client, "POST", path, token=alice)).status == 200
+
+
+# -- the limiter alone --------------------------------------------------------------------
+
+class SlowStore:
+    """A store whose sync waits until told, or fails first."""
+
+    def __init__(self, fail: int = 0) -> None:
+        from gateway.store.memory import MemorySessionStore
+        self.inner, self.fail = MemorySessionStore(), fail
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def rate_sync(self, worker: str, counts: dict[str, Any]) -> dict[str, int]:
+        from gateway.store import StoreUnavailable
+        await self.release.wait()
+        if self.fail:
+            self.fail -= 1
+            raise StoreUnavailable("down")
+        return await self.inner.rate_sync(worker, counts)
+
+
+def ten_per_minute(limiter: Any) -> Any:
+    return limiter.hit([("r", "u:alice", 10, 60.0)])
+
+
+async def test_counts_being_sent_still_count():
+    from gateway.proxy.ratelimit import Limiter
+    store = SlowStore()
+    limiter = Limiter(store)                                    # type: ignore[arg-type]
+    assert [ten_per_minute(limiter) for _ in range(6)] == [None] * 6
+    store.release.clear()
+    syncing = asyncio.ensure_future(limiter.sync())
+    await asyncio.sleep(0)                                      # the sync waits on the store
+    results = [ten_per_minute(limiter) for _ in range(6)]
+    assert results[:4] == [None] * 4 and all(r is not None for r in results[4:])
+    store.release.set()
+    await syncing
+
+
+async def test_a_failing_store_neither_loses_nor_doubles_counts():
+    from gateway.proxy.ratelimit import Limiter
+    from gateway.store import StoreUnavailable
+    store, clock = SlowStore(fail=2), Clock()
+    one, two = Limiter(store, clock), Limiter(store, clock)      # type: ignore[arg-type]
+    for _ in range(4):
+        ten_per_minute(one)
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            await one.sync()
+    await one.sync()
+    await one.sync()
+    await two.sync()
+    ten_per_minute(two)
+    await two.sync()
+    assert two._others["r:u:alice:" + str(int(clock() // 60))] == 4
+
+
+async def test_windows_that_are_over_are_forgotten_and_new_keys_are_capped(monkeypatch):
+    import gateway.proxy.ratelimit as rl
+    monkeypatch.setattr(rl, "MAX_KEYS", 3)
+    clock = Clock()
+    limiter = rl.Limiter(SlowStore(), clock)                    # type: ignore[arg-type]
+    for n in range(5):
+        assert limiter.hit([("r", f"ip:{n}", 1, 60.0)]) is None
+    assert len(limiter._mine) == 3                              # two went uncounted
+    clock.advance(61)
+    await limiter.sync()
+    assert not (limiter._mine or limiter._others or limiter._ends or limiter._dirty)

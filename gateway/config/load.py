@@ -177,7 +177,8 @@ def build_config(data: Any, base_dir: Path = Path("."),
             problems.append(f"rate_limits[{i}].name: duplicate name {rule.name!r}")
         if rule.upstream is not None and rule.upstream not in names:
             problems.append(f"rate_limits[{i}].upstream: no upstream is named {rule.upstream!r}")
-        if rule.name is not None and not all(c.isalnum() or c in "-_." for c in rule.name):
+        if rule.name is not None and not all(c.isascii() and (c.isalnum() or c in "-_.")
+                                             for c in rule.name):
             problems.append(f"rate_limits[{i}].name: letters, digits, '-', '_' and '.' only "
                             f"(it names the RateLimit-Policy), got {rule.name!r}")
     if session.store == "memory" and config.workers > 1:

@@ -28,6 +28,7 @@ class Decision:
     encoded_path: str              # the canonical path, as it is forwarded
     identity: Identity | None      # None on a public path
     token: str | None              # the session cookie's value, when one was needed
+    judged: tuple[str, ...]        # the decoded path, and how a servlet reads it if not alike
 
 
 @dataclass(slots=True)
@@ -94,8 +95,9 @@ async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip:
             return _NOT_FOUND
 
     # Who is asking: public paths need nobody, all else a live session...
+    judged = (path,) if servlet_path is path else (path, servlet_path)
     if is_public(upstream, path) and (servlet_path is path or is_public(upstream, servlet_path)):
-        return Decision(upstream, encoded_path, None, None)
+        return Decision(upstream, encoded_path, None, None, judged)
     token = cookie_value(cookies, config.cookie_name)
     try:
         identity = await gw.sessions.authenticate(token, ip=ip, user_agent=user_agent,
@@ -109,4 +111,4 @@ async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip:
     if missing_roles(upstream, path, roles) or (
             servlet_path is not path and missing_roles(upstream, servlet_path, roles)):
         return _NO_ROLE
-    return Decision(upstream, encoded_path, identity, token)
+    return Decision(upstream, encoded_path, identity, token, judged)

@@ -61,7 +61,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     #     background task (ratelimit.py), so no store call here.
     if gw.rate_limits is not None:
         limited = gw.rate_limits.check(
-            upstream, verdict.encoded_path, request.method,
+            upstream, verdict.judged, request.method,
             identity.user.key if identity else None,
             identity.session.id if identity else None, ip)
         if limited is not None:

@@ -2,15 +2,22 @@
 store round trip per request.
 
 Each rule counts requests per key (a user, a session or an address) in
-fixed windows aligned to the clock. A worker counts in memory and, every
-SYNC seconds, adds what it counted to the store's count of each window and
-reads back the total, which every worker and instance shares; it also reads
-the totals of keys past half their limit that it did not count meanwhile.
-A request goes through while the last total this worker read plus what it
-counted since stays under the limit. So a key can go over its limit by at
-most what the other workers let through in one SYNC interval (and by
-nothing with one worker). If the store cannot be reached, each worker goes
-on counting alone and sends its counts when it can.
+fixed windows aligned to the clock. A worker counts in memory what it lets
+through; every SYNC seconds a background task writes each count it changed
+into the store, as this worker's own field of that window (so sending it
+twice counts nothing twice), and reads back the sum over every worker and
+instance. It also re-reads the keys between half their limit and the limit,
+which other workers may be taking over it. A request goes through while the
+other workers' counts as last read plus this worker's own stay under the
+limit: a key can go over by what the other workers let through in one SYNC
+interval, and not at all with one worker. If the store cannot be reached,
+each worker goes on limiting with what it knows and writes its counts when
+it can. A fixed window lets a burst at its end and another at the start of
+the next through: up to twice the limit across the boundary.
+
+A worker tracks at most MAX_KEYS keys in the current windows; past that
+(someone varying addresses on a per-address rule), new keys are let through
+uncounted and a warning is logged.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +39,9 @@ log = logging.getLogger("gateway.ratelimit")
 
 SYNC = 0.5                      # seconds between a worker's syncs with the store
 KEEP_AFTER = 60.0               # a window's count outlives it, so a late sync finds it
+MAX_KEYS = 200_000
+CHUNK = 1_000                   # keys per store round trip
+MAX_WATCHED = 1_000
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,7 @@ class Limited:
         ratelimit-headers): the policy, and that nothing is left until reset."""
         reset = max(1, math.ceil(self.reset))
         return {"Retry-After": str(reset), "Cache-Control": "no-store",
-                "RateLimit-Policy": f'"{self.name}";q={self.limit};w={int(self.window)}',
+                "RateLimit-Policy": f'"{self.name}";q={self.limit};w={math.ceil(self.window)}',
                 "RateLimit": f'"{self.name}";r=0;t={reset}'}
 
 
@@ -54,50 +65,72 @@ class Limiter:
     def __init__(self, store: SessionStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
-        self._counted: dict[str, int] = {}      # window key -> counted here since the last sync
-        self._total: dict[str, int] = {}        # window key -> the store's total at that sync
-        self._ends: dict[str, float] = {}       # window key -> when its window ends
+        self.worker = secrets.token_hex(6)      # this worker's field in each window
+        self._mine: dict[str, int] = {}         # window key -> let through here
+        self._others: dict[str, int] = {}       # window key -> the others' sum, last read
         self._limits: dict[str, int] = {}       # window key -> its rule's limit
+        self._ends: dict[float, set[str]] = {}  # window end -> its keys
+        self._end_of: dict[str, float] = {}
+        self._dirty: set[str] = set()           # counted since their last write
+        self._full_warned = False
 
     def hit(self, counts: list[tuple[str, str, int, float]]) -> Limited | None:
         """Count a request under each ``(rule name, key, limit, window)``, or,
-        when it is one too many for any of them, count it nowhere and say so."""
+        when it is one too many for any of them, count it nowhere and say which
+        (the one whose window ends last)."""
         now = self.clock()
+        over: Limited | None = None
         slots = []
         for name, key, limit, window in counts:
             slot = int(now // window)
             k = f"{name}:{key}:{slot}"
-            if self._total.get(k, 0) + self._counted.get(k, 0) >= limit:
-                return Limited(name, limit, window, (slot + 1) * window - now)
-            slots.append((k, (slot + 1) * window))
-        for (k, end), (_, _, limit, _) in zip(slots, counts):
-            self._counted[k] = self._counted.get(k, 0) + 1
-            self._ends[k] = end
-            self._limits[k] = limit
+            if self._others.get(k, 0) + self._mine.get(k, 0) >= limit:
+                limited = Limited(name, limit, window, (slot + 1) * window - now)
+                if over is None or limited.reset > over.reset:
+                    over = limited
+            slots.append((k, limit, (slot + 1) * window))
+        if over is not None:
+            return over
+        for k, limit, end in slots:
+            if k not in self._mine:
+                if len(self._mine) >= MAX_KEYS:
+                    self._full()
+                    continue
+                self._limits[k] = limit
+                self._end_of[k] = end
+                self._ends.setdefault(end, set()).add(k)
+            self._mine[k] = self._mine.get(k, 0) + 1
+            self._dirty.add(k)
         return None
 
+    def _full(self) -> None:
+        if not self._full_warned:
+            log.warning("rate limits: %d keys in this worker's current windows; new keys go "
+                        "uncounted until windows end", MAX_KEYS)
+            self._full_warned = True
+
     async def sync(self) -> None:
-        """Add this worker's counts to the store's and learn the totals, of
-        the keys it counted and of those past half their limit (the others'
-        requests may have taken them over it meanwhile)."""
+        """Write this worker's changed counts, and read the sums of those and
+        of the keys closing on their limit."""
         now = self.clock()
-        counted, self._counted = self._counted, {}
-        watched = [k for k, total in self._total.items()
-                   if k not in counted and 2 * total >= self._limits[k]]
-        if counted or watched:
-            try:
-                totals = await self.store.rate_sync(
-                    {k: (n, self._ends[k] - now + KEEP_AFTER) for k, n in counted.items()},
-                    watched)
-            except StoreUnavailable:
-                for k, n in counted.items():       # sent next time
-                    self._counted[k] = self._counted.get(k, 0) + n
-                raise
-            # What was counted meanwhile is in _counted again, not in a total.
-            self._total.update(totals)
-        for k in [k for k, end in self._ends.items() if end <= now]:
-            for table in (self._ends, self._total, self._counted, self._limits):
-                table.pop(k, None)
+        for end in [end for end in self._ends if end <= now]:      # windows that are over
+            for k in self._ends.pop(end):
+                for table in (self._mine, self._others, self._limits, self._end_of):
+                    table.pop(k, None)
+                self._dirty.discard(k)
+            self._full_warned = False
+        watched = [k for k, mine in self._mine.items() if k not in self._dirty and
+                   self._limits[k] <= 2 * (mine + self._others.get(k, 0)) < 2 * self._limits[k]]
+        keys = [*self._dirty, *watched[:MAX_WATCHED]]
+        for i in range(0, len(keys), CHUNK):
+            chunk = keys[i:i + CHUNK]
+            sent = {k: self._mine[k] for k in chunk}
+            sums = await self.store.rate_sync(self.worker, {
+                _stored(k): (n, self._end_of[k] - now + KEEP_AFTER) for k, n in sent.items()})
+            for k, n in sent.items():
+                self._others[k] = sums[_stored(k)] - n
+                if self._mine.get(k) == n:
+                    self._dirty.discard(k)          # counted again meanwhile: stays dirty
 
     async def keep_syncing(self) -> None:
         """A worker's background task."""
@@ -109,40 +142,46 @@ class Limiter:
                 failing = False
             except StoreUnavailable as exc:
                 if not failing:
-                    log.warning("rate limits counted by this worker alone until the store "
+                    log.warning("rate limits: this worker's counts not shared until the store "
                                 "answers again (%s)", exc)
                 failing = True
+            except Exception:       # the limits must outlive a bug in one sync
+                log.exception("rate limits: a sync failed")
 
 
 class ProxyLimits:
     """The ``rate_limits`` rules, matched against each proxied request."""
 
     def __init__(self, rules: tuple[RateLimitRule, ...], limiter: Limiter) -> None:
-        self.rules = rules
+        self.rules = [(rule, rule.path.lower(),
+                       frozenset(rule.methods) | ({"HEAD"} if "GET" in rule.methods else set()))
+                      for rule in rules]
         self.limiter = limiter
 
-    def check(self, upstream: Upstream, path: str, method: str, user: str | None,
-              session: str | None, ip: str) -> Limited | None:
-        """Count the request under every rule it falls under; a Limited when
-        it is over one of them (then it counts nowhere)."""
+    def check(self, upstream: Upstream, paths: tuple[str, ...], method: str,
+              user: str | None, session: str | None, ip: str) -> Limited | None:
+        """Count the request under every rule it falls under, matched like the
+        role rules (a case-insensitive prefix of the decoded path, or of how a
+        servlet reads it); a Limited when it is over one (then it counts nowhere)."""
         counts = []
-        lowered = path.lower()
-        for rule in self.rules:
+        lowered = [p.lower() for p in paths]
+        for rule, prefix, methods in self.rules:
             if (rule.upstream is not None and rule.upstream != upstream.name) or \
-                    not lowered.startswith(rule.path.lower()) or \
-                    (rule.methods and method not in rule.methods):
+                    (methods and method not in methods) or \
+                    not any(p.startswith(prefix) for p in lowered):
                 continue
             # Nobody signed in (a public path): counted per address.
             if rule.per == "user" and user is not None:
-                key = "u:" + digest(user)
+                key = "u:" + user
             elif rule.per == "session" and session is not None:
-                key = "s:" + digest(session)
+                key = "s:" + session
             else:
                 key = "ip:" + address_key(ip)
             counts.append((rule.name, key, rule.limit, rule.window))
         return self.limiter.hit(counts) if counts else None
 
 
-def digest(text: str) -> str:
-    """Names, session ids and tokens stay out of the store's keys."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _stored(k: str) -> str:
+    """A window's key in the store: its rule's name and a digest, so that
+    names and session ids stay out of the store's keys."""
+    return k.split(":", 1)[0] + ":" + hashlib.sha256(k.encode()).hexdigest()[:24]

@@ -377,11 +377,11 @@ class SessionStore(ABC):
 
     # -- rate limits: counts per fixed window, added in batches -------------------------
     @abstractmethod
-    async def rate_sync(self, add: dict[str, tuple[int, float]],
-                        read: list[str]) -> dict[str, int]:
-        """Add ``n`` to each window's count in ``add`` (``{key: (n, seconds to
-        keep it)}``) and read the counts in ``read``, in one round trip: the
-        totals across every worker and instance (a missing key is 0)."""
+    async def rate_sync(self, worker: str,
+                        counts: dict[str, tuple[int, float]]) -> dict[str, int]:
+        """Set ``worker``'s count in each window (``{key: (n, seconds to keep
+        the window)}``; setting it again changes nothing) and return each
+        window's sum over every worker, in one round trip."""
 
     @abstractmethod
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:

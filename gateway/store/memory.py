@@ -38,7 +38,8 @@ class MemorySessionStore(SessionStore):
         self._audit_ms, self._audit_seq = 0, 0
         self._marks: dict[str, tuple[float, set[str]]] = {}
         self._swapped: dict[str, dict[str, str]] = {}
-        self._rates: dict[str, tuple[float, int]] = {}      # window key -> (until, count)
+        # rate limit window -> (kept until, each worker's count)
+        self._rates: dict[str, tuple[float, dict[str, int]]] = {}
         # Login throttling: key -> [window end, failures, in flight]; key -> its block.
         self._failures: dict[str, list[Any]] = {}
         self._blocks: dict[str, Block] = {}
@@ -262,19 +263,18 @@ class MemorySessionStore(SessionStore):
             self._failures.pop(key, None)
         return len(live & set(keys))
 
-    async def rate_sync(self, add: dict[str, tuple[int, float]],
-                        read: list[str]) -> dict[str, int]:
+    async def rate_sync(self, worker: str,
+                        counts: dict[str, tuple[int, float]]) -> dict[str, int]:
+        self._sweep()
         now = self._clock()
         out = {}
-        for key, (n, keep) in add.items():
-            until, total = self._rates.get(key, (0.0, 0))
+        for key, (n, keep) in counts.items():
+            until, by_worker = self._rates.get(key, (0.0, {}))
             if until <= now:
-                until, total = now + keep, 0
-            self._rates[key] = (until, total + n)
-            out[key] = total + n
-        for key in read:
-            until, total = self._rates.get(key, (0.0, 0))
-            out[key] = total if until > now else 0
+                by_worker = {}
+            by_worker[worker] = n
+            self._rates[key] = (now + keep, by_worker)
+            out[key] = sum(by_worker.values())
         return out
 
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:

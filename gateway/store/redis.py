@@ -24,7 +24,7 @@ the per-user scripts stay legal there):
     gw:th:k:<key>      hash: sign-in attempts counted under a throttle key, its
                        window, its block and what the block is about
     gw:th:blocks       sorted set: the keys blocked, by when the block ends
-    gw:rl:<rule>:<key>:<window>  a rate limit's count in one fixed window
+    gw:rl:<rule>:<digest>  hash: each worker's count in one window of a rate limit
     gw:v:<name>        hash: the version of the config or users file in effect
                        (audit/versions.py), no TTL
     gw:{stats}:<bucket> analytics counters (audit/stats.py): hashes, HyperLogLogs
@@ -293,6 +293,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
+# KEYS: a rate limit's window, a hash of each worker's count. ARGV: this
+# worker, its count, ms to keep the window. Returns the sum.
+_RATE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local sum = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[1])) do sum = sum + tonumber(n) end
+return sum
+"""
+
 # KEYS: the map. ARGV: its new fields, flat. Returns what it held, flat.
 _SWAP = """
 local old = redis.call('HGETALL', KEYS[1])
@@ -366,6 +376,7 @@ class RedisSessionStore(SessionStore):
         self._swap = self.redis.register_script(_SWAP)
         self._attempt = self.redis.register_script(_ATTEMPT)
         self._settle = self.redis.register_script(_SETTLE)
+        self._rate = self.redis.register_script(_RATE)
 
     # -- keys --------------------------------------------------------------
     def session_key(self, username: str, sid: str) -> str:
@@ -877,19 +888,16 @@ class RedisSessionStore(SessionStore):
                 return await pipe.execute()
         return sum(1 for b in (await self._call(run))[:len(keys)] if b and int(b) > now_ms)
 
-    async def rate_sync(self, add: dict[str, tuple[int, float]],
-                        read: list[str]) -> dict[str, int]:
+    async def rate_sync(self, worker: str,
+                        counts: dict[str, tuple[int, float]]) -> dict[str, int]:
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for key, (n, keep) in add.items():
-                    pipe.incrby(f"{self.prefix}:rl:{key}", n)
-                    pipe.pexpire(f"{self.prefix}:rl:{key}", max(1, int(keep * 1000)))
-                for key in read:
-                    pipe.get(f"{self.prefix}:rl:{key}")
+                for key, (n, keep) in counts.items():
+                    _queue(pipe, self._rate, [f"{self.prefix}:rl:{key}"],
+                           [worker, n, max(1, int(keep * 1000))])
                 return await pipe.execute()
-        answers = await self._call(run)
-        totals = answers[:2 * len(add):2] + answers[2 * len(add):]
-        return {key: int(total or 0) for key, total in zip([*add, *read], totals)}
+        sums = await self._call(lambda: self._loading(run, self._rate))
+        return {key: int(total) for key, total in zip(counts, sums)}
 
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old = await self._call(lambda: self._swap(keys=[f"{self.prefix}:v:{name}"],

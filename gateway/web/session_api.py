@@ -15,7 +15,6 @@ from ..auth import security
 from ..auth.sessions import Identity
 from ..errors import json_error, json_response
 from ..proxy.headers import cookie_value
-from ..proxy.ratelimit import digest
 from ..store import StoreUnavailable
 from ..state import Gateway
 from .guards import api_identity, gateway_of, same_origin
@@ -62,18 +61,27 @@ async def api_session(request: web.Request) -> web.Response:
     return await _session_json(request, touch=False)
 
 
-# A session may be extended this often (the monitor asks at most every 30 s).
-REFRESH_LIMIT, REFRESH_WINDOW = 20, 300.0
-
-
 async def api_session_refresh(request: web.Request) -> web.Response:
     gw = gateway_of(request)
     if not same_origin(request, gw):
         return json_error(403, "FORBIDDEN", "Cross-site request refused.")
-    token = cookie_value(request.headers.get("Cookie"), gw.config.cookie_name)
-    if token:       # counted before the session is even read (ratelimit.py)
-        limited = gw.limiter.hit([("session-refresh", "s:" + digest(token), REFRESH_LIMIT,
+    # Counted per session before the session is read; a token that is not
+    # ours (a signature check, no store call) counts nowhere: it is refused.
+    claims = gw.sessions.tokens.read(cookie_value(request.headers.get("Cookie"),
+                                                  gw.config.cookie_name) or "")
+    if claims is not None:
+        limited = gw.limiter.hit([("session-refresh", "s:" + claims[1], refresh_limit(gw),
                                    REFRESH_WINDOW)])
         if limited is not None:
             return json_error(429, "RATE_LIMITED", headers=limited.headers())
     return await _session_json(request, force_touch=True)
+
+
+REFRESH_WINDOW = 300.0
+
+
+def refresh_limit(gw: Gateway) -> int:
+    """20 refreshes in 5 minutes, or twice what the session monitor's pings
+    need when the idle timeout is short enough to make them more often."""
+    fastest = max(gw.sessions.touch_interval, min(30.0, gw.config.session.idle_timeout / 4))
+    return max(20, math.ceil(2 * REFRESH_WINDOW / fastest))
