@@ -269,3 +269,19 @@ async def test_right_passwords_at_once_wait_a_moment_not_a_block(throttled):
     assert statuses.count(200) >= 5 and set(statuses) <= {200, 429}
     assert all(r.headers["Retry-After"] == "1" for r in replies if r.status == 429)
     assert (await attempt(client, password="alice-pw")).status == 200
+
+
+async def test_the_sign_in_page_says_how_long_to_wait(throttled):
+    from authkit import csrf_of
+    start, _ = throttled
+    client = await start()
+    page = await send(client, "GET", "/_gateway/login", accept="text/html")
+    form_cookie = page.set_cookies()["gateway_form"].split(";", 1)[0]
+    for _ in range(6):
+        r = await send(client, "POST", "/_gateway/login", accept="text/html",
+                       headers=[("Cookie", form_cookie), ("X-Forwarded-For", "203.0.113.5")],
+                       data={"csrf_token": csrf_of(page.text), "username": "alice",
+                             "password": "wrong"})
+        page = r
+    assert r.status == 429 and r.headers["Retry-After"] == "1800"
+    assert "Too many sign-in attempts. Try again in 30 minutes." in r.text

@@ -7,6 +7,7 @@ handlers check the form (CSRF token, Origin), the password, and answer.
 from __future__ import annotations
 
 import logging
+import math
 
 from aiohttp import web
 from aiohttp_session import get_session
@@ -21,6 +22,7 @@ from ..state import Gateway
 from ..store import LOGOUT, AtCapacity, Session, StoreUnavailable
 from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of,
                      json_object, render, same_origin, see_other)
+from .my_sessions import humanize
 from .redirects import safe_redirect
 
 log = logging.getLogger("gateway.auth")
@@ -102,8 +104,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return await login_page(request, status=409, error=MESSAGES["SESSION_LIMIT"],
                                 username=username, remember=remember, rd=rd, at_capacity=True)
     except Throttled as exc:
-        page = await login_page(request, status=429, error=MESSAGES["RATE_LIMITED"],
-                                username=username, remember=remember, rd=rd)
+        # The wait depends on the block alone: the same for every account.
+        wait = humanize(max(1, math.ceil(exc.retry_after)))
+        page = await login_page(request, status=429, username=username, remember=remember,
+                                rd=rd, error=f"Too many sign-in attempts. Try again in {wait}.")
         page.headers.update(throttled_headers(exc.retry_after))
         return page
     if signed_in is None:
