@@ -128,19 +128,16 @@ class PairThrottle:
 
 
 @dataclass(frozen=True)
-class IpThrottle:
+class IpThrottle(PairThrottle):
     """One address across accounts: credential stuffing, password spraying."""
     failures: int = key(50, v.integer(minimum=1))
-    window: float = key("15m", v.duration(minimum=1))
-    block: float = key("30m", v.duration(minimum=1))
 
 
 @dataclass(frozen=True)
-class AccountThrottle:
-    """One account across addresses; browsers that signed in as it before are exempt."""
+class AccountThrottle(PairThrottle):
+    """One account across addresses (a browser that signed in as it before is
+    counted on its own instead)."""
     failures: int = key(20, v.integer(minimum=1))
-    window: float = key("15m", v.duration(minimum=1))
-    block: float = key("30m", v.duration(minimum=1))
 
 
 @dataclass(frozen=True)
