@@ -116,6 +116,8 @@ def create_app(config: Config, store: SessionStore | None = None,
                 await asyncio.wait_for(limiter.sync(), 2)
             except (TimeoutError, StoreUnavailable):
                 pass
+            except Exception:       # nothing may stop the rest of the shutdown
+                log.exception("rate limits: the last sync failed")
             await background.close()
             gw.audit.close()
             await client.close()

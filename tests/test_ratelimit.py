@@ -109,11 +109,12 @@ async def test_a_session_is_refreshed_at_most_twenty_times_in_five_minutes(limit
 # -- the limiter alone --------------------------------------------------------------------
 
 class SlowStore:
-    """A store whose sync waits until told, or fails first."""
+    """A store whose sync waits until told, or fails first: before it writes,
+    or after (the reply lost, as in a timeout)."""
 
-    def __init__(self, fail: int = 0) -> None:
+    def __init__(self, fail: int = 0, lose: int = 0) -> None:
         from gateway.store.memory import MemorySessionStore
-        self.inner, self.fail = MemorySessionStore(), fail
+        self.inner, self.fail, self.lose = MemorySessionStore(), fail, lose
         self.release = asyncio.Event()
         self.release.set()
 
@@ -123,7 +124,11 @@ class SlowStore:
         if self.fail:
             self.fail -= 1
             raise StoreUnavailable("down")
-        return await self.inner.rate_sync(worker, counts)
+        sums = await self.inner.rate_sync(worker, counts)
+        if self.lose:
+            self.lose -= 1
+            raise StoreUnavailable("timeout")
+        return sums
 
 
 def ten_per_minute(limiter: Any) -> Any:
@@ -147,11 +152,11 @@ async def test_counts_being_sent_still_count():
 async def test_a_failing_store_neither_loses_nor_doubles_counts():
     from gateway.proxy.ratelimit import Limiter
     from gateway.store import StoreUnavailable
-    store, clock = SlowStore(fail=2), Clock()
+    store, clock = SlowStore(fail=1, lose=2), Clock()
     one, two = Limiter(store, clock), Limiter(store, clock)      # type: ignore[arg-type]
     for _ in range(4):
         ten_per_minute(one)
-    for _ in range(2):
+    for _ in range(3):                  # not written, then written twice with no reply
         with pytest.raises(StoreUnavailable):
             await one.sync()
     await one.sync()
@@ -173,3 +178,12 @@ async def test_windows_that_are_over_are_forgotten_and_new_keys_are_capped(monke
     clock.advance(61)
     await limiter.sync()
     assert not (limiter._mine or limiter._others or limiter._ends or limiter._dirty)
+
+
+def test_the_refresh_limit_s_name_is_the_gateway_s(make_config):
+    from gateway.config import ConfigError
+    with pytest.raises(ConfigError) as exc:
+        make_config(rate_limits=[{"name": "session-refresh", "limit": 1, "window": "1m"}])
+    assert exc.value.problems == [
+        "rate_limits[0].name: 'session-refresh' is the gateway's own (the session refresh's "
+        "limit); choose another"]

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .schema import Config
+from .schema import REFRESH_POLICY, Config
 from .values import HiddenValueError, ItemError, boolean, str_list, string
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -177,6 +177,9 @@ def build_config(data: Any, base_dir: Path = Path("."),
             problems.append(f"rate_limits[{i}].name: duplicate name {rule.name!r}")
         if rule.upstream is not None and rule.upstream not in names:
             problems.append(f"rate_limits[{i}].upstream: no upstream is named {rule.upstream!r}")
+        if rule.name == REFRESH_POLICY:
+            problems.append(f"rate_limits[{i}].name: {REFRESH_POLICY!r} is the gateway's own "
+                            f"(the session refresh's limit); choose another")
         if rule.name is not None and not all(c.isascii() and (c.isalnum() or c in "-_.")
                                              for c in rule.name):
             problems.append(f"rate_limits[{i}].name: letters, digits, '-', '_' and '.' only "

@@ -149,6 +149,10 @@ class ThrottleConfig:
     device_cookie_lifetime: float = key("180d", v.duration(minimum=60))
 
 
+# The name of the session refresh's own rate limit (web/session_api.py).
+REFRESH_POLICY = "session-refresh"
+
+
 @dataclass(frozen=True)
 class RateLimitRule:
     """At most ``limit`` proxied requests per ``window`` ``per`` user,

@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class Limiter:
         self._end_of: dict[str, float] = {}
         self._dirty: set[str] = set()           # counted since their last write
         self._full_warned = False
+        self._syncing = asyncio.Lock()
 
     def hit(self, counts: list[tuple[str, str, int, float]]) -> Limited | None:
         """Count a request under each ``(rule name, key, limit, window)``, or,
@@ -111,7 +113,12 @@ class Limiter:
 
     async def sync(self) -> None:
         """Write this worker's changed counts, and read the sums of those and
-        of the keys closing on their limit."""
+        of the keys closing on their limit. One at a time (the background
+        task and the last one at shutdown)."""
+        async with self._syncing:
+            await self._sync()
+
+    async def _sync(self) -> None:
         now = self.clock()
         for end in [end for end in self._ends if end <= now]:      # windows that are over
             for k in self._ends.pop(end):
@@ -121,7 +128,9 @@ class Limiter:
             self._full_warned = False
         watched = [k for k, mine in self._mine.items() if k not in self._dirty and
                    self._limits[k] <= 2 * (mine + self._others.get(k, 0)) < 2 * self._limits[k]]
-        keys = [*self._dirty, *watched[:MAX_WATCHED]]
+        if len(watched) > MAX_WATCHED:          # a different sample each time
+            watched = random.sample(watched, MAX_WATCHED)
+        keys = [*self._dirty, *watched]
         for i in range(0, len(keys), CHUNK):
             chunk = keys[i:i + CHUNK]
             sent = {k: self._mine[k] for k in chunk}

@@ -105,7 +105,8 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                                 username=username, remember=remember, rd=rd, at_capacity=True)
     except Throttled as exc:
         # The wait depends on the block alone: the same for every account.
-        wait = humanize(max(1, math.ceil(exc.retry_after)))
+        seconds = math.ceil(exc.retry_after)    # never less than Retry-After says
+        wait = humanize(seconds if seconds < 60 else math.ceil(seconds / 60) * 60)
         page = await login_page(request, status=429, username=username, remember=remember,
                                 rd=rd, error=f"Too many sign-in attempts. Try again in {wait}.")
         page.headers.update(throttled_headers(exc.retry_after))

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..auth import security
 from ..auth.sessions import Identity
+from ..config.schema import REFRESH_POLICY
 from ..errors import json_error, json_response
 from ..proxy.headers import cookie_value
 from ..store import StoreUnavailable
@@ -70,7 +71,7 @@ async def api_session_refresh(request: web.Request) -> web.Response:
     claims = gw.sessions.tokens.read(cookie_value(request.headers.get("Cookie"),
                                                   gw.config.cookie_name) or "")
     if claims is not None:
-        limited = gw.limiter.hit([("session-refresh", "s:" + claims[1], refresh_limit(gw),
+        limited = gw.limiter.hit([(REFRESH_POLICY, "s:" + claims[1], refresh_limit(gw),
                                    REFRESH_WINDOW)])
         if limited is not None:
             return json_error(429, "RATE_LIMITED", headers=limited.headers())
