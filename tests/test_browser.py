@@ -92,6 +92,53 @@ async def test_a_person_signs_out_another_device_on_the_sessions_page(
                        headers=[("User-Agent", agent)])).status == 200
 
 
+async def test_the_admin_console_s_views_and_charts_render_under_its_csp(
+        upstream: Any, make_config: Any, gateway: Any, browser: Any, tmp_path: Any) -> None:
+    """Every view, light and dark, desktop and phone width: the three charts
+    have a size, nothing breaks the page's CSP, and a screenshot is taken."""
+    client = await gateway(make_config(str(upstream.make_url("/"))))
+    base = f"http://{client.server.host}:{client.server.port}"
+    for name in ("alice", "nobody"):
+        await send(client, "POST", "/_gateway/api/login", headers=[("User-Agent", FIREFOX)],
+                   json={"username": name, "password": "wrong"})
+    await send(client, "POST", "/_gateway/api/login", headers=[("User-Agent", FIREFOX)],
+               json={"username": "alice", "password": "alice-pw"})
+    await client.app[GATEWAY].audit.flush()
+
+    def look() -> list[str]:
+        browser.delete_all_cookies()
+        browser.get(f"{base}/_gateway/login")
+        browser.find_element(By.ID, "username").send_keys("Admin")
+        browser.find_element(By.ID, "password").send_keys("admin-pw")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(browser, lambda d: "/_gateway/login" not in d.current_url)
+        browser.get_log("browser")                      # only what follows counts
+        seen = []
+        for width, scheme in ((1280, "light"), (390, "dark")):
+            browser.set_window_size(width, 1000)
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [
+                {"name": "prefers-color-scheme", "value": scheme}]})
+            for view in ("sessions", "users", "audit", "stats", "stats&range=7d"):
+                browser.get(f"{base}/_gateway/admin?view={view}")
+                assert browser.title == "Admin console", view
+                if view.startswith("stats"):
+                    charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
+                    assert len(charts) == 3 and all(
+                        c.size["width"] > 200 and c.size["height"] > 100 for c in charts)
+                    assert browser.execute_script(
+                        "return document.documentElement.scrollWidth") <= width
+                browser.save_screenshot(str(tmp_path / f"{view}-{width}-{scheme}.png"))
+                seen.append(view)
+        browser.set_window_size(1280, 1000)
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        problems = [e["message"] for e in browser.get_log("browser")
+                    if "Content Security Policy" in e["message"] or e["level"] == "SEVERE"
+                    and "/_gateway/" in e["message"]]
+        assert problems == []
+        return seen
+    assert len(await asyncio.to_thread(look)) == 10
+
+
 # -- the session monitor, in a small single-page app ---------------------------------------
 
 # Keeps unsaved work in memory (the textarea) and polls its API in the
