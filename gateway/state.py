@@ -45,11 +45,17 @@ class Background:
             log.error("background task %s failed", task.get_name(),
                       exc_info=task.exception())
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Cancel every task and wait for them, within ``grace`` seconds: a
+        task that does not end must not hold up the shutdown."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=grace)
+            for task in stuck:
+                log.error("background task %s did not stop within %g s", task.get_name(),
+                          grace)
 
 
 @dataclass

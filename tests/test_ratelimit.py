@@ -64,7 +64,8 @@ async def test_a_rule_holds_across_workers_that_share_redis(upstream, make_confi
     redis_server.flush()
     config = make_config(str(upstream.make_url("/")), rate_limits=[{**API, "limit": 4}],
                          session={"store": "redis", "redis": {"url": redis_server.url}})
-    one, two = await gateway(config), await gateway(config)
+    clock = Clock()                     # one window throughout, whatever the time
+    one, two = await gateway(config, clock=clock), await gateway(config, clock=clock)
     alice = await api_login(one)
     for client in (one, one, two, two):
         assert (await send(client, "GET", "/api/x", token=alice)).status == 200

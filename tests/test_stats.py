@@ -4,6 +4,7 @@ counters' store semantics are in the store suite (test_store.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any
@@ -27,6 +28,7 @@ async def sign_in(client: Any, user: str, password: str, agent: str) -> Any:
 async def test_the_counters_after_a_scripted_sequence_of_sign_ins(
         upstream, make_config, gateway, store_settings):
     clock = Clock()
+    clock.now += 43200 - clock.now % 86400      # noon UTC: the 10 minutes below stay in one day
     client = await gateway(make_config(str(upstream.make_url("/")), session=store_settings),
                            clock=clock)
     admin = await api_login(client, "Admin", "admin-pw")
@@ -158,3 +160,28 @@ async def test_a_counter_redis_refuses_neither_repeats_nor_loses_the_audit_recor
     finally:
         await r.aclose()
         await store.close()
+
+
+async def test_the_sampler_ends_when_cancelled_even_as_a_timeout(monkeypatch):
+    """redis-py can turn a cancel that lands on a read into a timeout: the
+    sampler would take it for an outage and sample on, holding up the
+    worker's shutdown for good."""
+    from gateway.store import StoreUnavailable
+    asking = asyncio.Event()
+
+    class Slow:
+        async def active_count(self, since: float) -> int:
+            asking.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise StoreUnavailable("TimeoutError") from None
+            return 0
+    monkeypatch.setattr(stats.random, "uniform", lambda a, b: 0.0)
+    clock = Clock()
+    clock.now = clock.now - clock.now % stats.SAMPLE_EVERY + stats.SAMPLE_EVERY - 0.001
+    task = asyncio.ensure_future(stats.keep_sampling(Slow(), 1800, clock))  # type: ignore[arg-type]
+    await asyncio.wait_for(asking.wait(), 5)         # the cancel lands on the store's read
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    assert done

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..auth.devices import Device
 from ..auth.events import ENDED, SIGN_IN_FAILED, STARTED, SessionEvent
-from ..store import EXPIRED, Counts, SessionStore, StoreUnavailable
+from ..store import EXPIRED, Counts, SessionStore, StoreUnavailable, end_if_cancelled
 
 log = logging.getLogger("gateway.stats")
 
@@ -116,6 +116,7 @@ async def keep_sampling(store: SessionStore, idle: float,
         try:
             await sample_active(store, idle, clock())
         except StoreUnavailable as exc:
+            end_if_cancelled()
             log.warning("active sessions not sampled (%s)", exc)
 
 

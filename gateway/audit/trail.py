@@ -32,7 +32,7 @@ from ..auth.devices import Device, describe
 from ..auth.events import ENDED, STARTED, SessionEvent
 from ..auth.security import fingerprint
 from ..config import Config, ConfigError
-from ..store import SessionStore, StoreUnavailable
+from ..store import SessionStore, StoreUnavailable, end_if_cancelled
 from .stats import tally
 
 if TYPE_CHECKING:      # the CLI records too, and need not load aiohttp for it
@@ -176,11 +176,7 @@ class AuditTrail:
                 await self.store.audit_append(records, self.config.retention, counts)
                 break
             except StoreUnavailable as exc:
-                # redis-py can turn a cancel that lands on a read into a
-                # timeout; shutting down must still end this task.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError() from None
+                end_if_cancelled()
                 if attempt == 2:
                     self.dropped += len(records)
                     log.error("audit: %d records not stored (%s); the file and webhook "

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config
 from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
                      SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED, Block, Ending,
-                     Session, SessionStore, StoreUnavailable)
+                     Session, SessionStore, StoreUnavailable, end_if_cancelled)
 from .cache import SessionCache
 from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, SIGN_IN_FAILED, STARTED,
                      THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
@@ -405,11 +405,7 @@ class SessionService:
             except NotImplementedError:
                 return
             except StoreUnavailable as exc:
-                # redis-py can turn a cancel that lands on its read timeout into
-                # a TimeoutError; shutting down must still end this loop.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError() from None
+                end_if_cancelled()
                 if healthy:
                     log.warning("revocation feed lost (%s): sessions are read from the "
                                 "store on every request until it is back", exc)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from ..auth.throttle import address_key
 from ..config import RateLimitRule, Upstream
-from ..store import SessionStore, StoreUnavailable
+from ..store import SessionStore, StoreUnavailable, end_if_cancelled
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -150,6 +150,7 @@ class Limiter:
                 await self.sync()
                 failing = False
             except StoreUnavailable as exc:
+                end_if_cancelled()
                 if not failing:
                     log.warning("rate limits: this worker's counts not shared until the store "
                                 "answers again (%s)", exc)

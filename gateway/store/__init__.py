@@ -9,13 +9,13 @@ from ..config import SessionConfig
 from .base import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGGED_OUT, LOGOUT, REVOKED,
                    REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED,
                    AtCapacity, Block, Counts, CountsRead, EndedSession, Ending, Page, Session,
-                   SessionStore, StoreUnavailable, Strike)
+                   SessionStore, StoreUnavailable, Strike, end_if_cancelled)
 
 __all__ = ["create_store", "ABSOLUTE", "EXPIRED", "IDLE", "IP_CHANGED", "LOGGED_OUT", "LOGOUT",
            "REVOKED", "REVOKED_BY_ADMIN", "REVOKED_BY_USER", "SESSION_LIMIT", "UA_CHANGED",
            "USER_DISABLED", "USER_LOCKED",
            "AtCapacity", "Block", "Counts", "CountsRead", "EndedSession", "Ending", "Page",
-           "Session", "SessionStore", "StoreUnavailable", "Strike"]
+           "Session", "SessionStore", "StoreUnavailable", "Strike", "end_if_cancelled"]
 
 
 def create_store(config: SessionConfig, clock: Callable[[], float] = time.time) -> SessionStore:

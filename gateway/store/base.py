@@ -13,6 +13,7 @@ signs nobody out, and two workers touching different fields lose nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -23,6 +24,15 @@ from typing import Any, NamedTuple
 
 class StoreUnavailable(Exception):
     """The store could not answer; callers fail closed (503), never open."""
+
+
+def end_if_cancelled() -> None:
+    """For a background loop that goes on after StoreUnavailable: redis-py
+    can turn a cancel that lands on a read into a timeout, which arrives as
+    StoreUnavailable, and a worker shutting down must still end the loop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
 
 
 class AtCapacity(Exception):
