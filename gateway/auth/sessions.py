@@ -37,6 +37,7 @@ from .cache import SessionCache
 from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, SIGN_IN_FAILED, STARTED,
                      THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
 from .throttle import LoginThrottle, Throttled
+from .users import canonical_username
 if TYPE_CHECKING:
     from .geo import Locator
     from .security import SecurityWatch
@@ -119,8 +120,9 @@ def refusal_for(ending: Ending) -> AuthError:
 class SessionService:
     """``users`` and ``tokens`` are None only in operator tools (the CLI),
     which start and end sessions but never authenticate a request; they are
-    passed in so that such a tool loads neither argon2 nor the JWT stack
-    (nor, with ``watch=False``, the User-Agent parser)."""
+    passed in so that such a tool needs no users file and loads no JWT stack
+    (nor, with ``watch=False``, the User-Agent parser). The users module
+    itself is imported: throttling keys names as it canonicalises them."""
 
     def __init__(self, config: Config, store: SessionStore, users: UserDirectory | None,
                  tokens: Tokens | None, clock: Callable[[], float] = time.time,
@@ -186,7 +188,7 @@ class SessionService:
         the cap). Throttled (throttle.py; ``device``: the browser's id when
         its device cookie vouches for this account) and AtCapacity propagate."""
         assert self.users is not None, "not in an operator tool"
-        typed = username.strip().casefold()[:128]      # the name as typed, for the audit
+        typed = canonical_username(username)[:128]    # the name as typed, for the audit
         throttle = self.throttle
         strikes = throttle.strikes(username, ip, device) if throttle is not None else []
         # Every path asks the store the same things, whatever the answer.

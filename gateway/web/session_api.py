@@ -48,13 +48,17 @@ async def _session_json(request: web.Request, **touch: bool) -> web.Response:
 
 def monitor_settings(gw: Gateway, identity: Identity) -> dict[str, object]:
     """How often to look, when to warn, and how often a person's typing and
-    clicking may extend the session (``activity: interaction``): at most
-    every ``touch_interval``, and every 30 s at most often."""
+    clicking may extend the session (``activity: interaction``)."""
     s = gw.config.session
     return {"interval": s.monitor_interval, "expiring_soon": s.expiring_soon,
             "activity": s.activity,
-            "ping_interval": max(gw.sessions.touch_interval,
-                                 min(30.0, identity.session.idle_timeout / 4))}
+            "ping_interval": ping_interval(gw, identity.session.idle_timeout)}
+
+
+def ping_interval(gw: Gateway, idle_timeout: float) -> float:
+    """How often the monitor's pings may extend a session: at most every
+    ``touch_interval``, and every 30 s at most often."""
+    return max(gw.sessions.touch_interval, min(30.0, idle_timeout / 4))
 
 
 async def api_session(request: web.Request) -> web.Response:
@@ -84,5 +88,5 @@ REFRESH_WINDOW = 300.0
 def refresh_limit(gw: Gateway) -> int:
     """20 refreshes in 5 minutes, or twice what the session monitor's pings
     need when the idle timeout is short enough to make them more often."""
-    fastest = max(gw.sessions.touch_interval, min(30.0, gw.config.session.idle_timeout / 4))
+    fastest = ping_interval(gw, gw.config.session.idle_timeout)   # the shortest timeout's
     return max(20, math.ceil(2 * REFRESH_WINDOW / fastest))
