@@ -205,6 +205,39 @@ async def _throttle(config: Config, args: argparse.Namespace) -> int:
         await store.close()
 
 
+def cmd_totp(args: argparse.Namespace) -> int:
+    config = _shared_store(args, "enrolled second factors")
+    return 1 if config is None else asyncio.run(_totp_reset(config, args.user))
+
+
+async def _totp_reset(config: Config, username: str) -> int:
+    """Removes a user's enrolled TOTP secret and recovery codes (a lost
+    phone): they sign in with the password alone, or enrol again when the
+    policy requires a factor. Their sessions go on."""
+    from .auth.events import MFA_RESET, SessionEvent
+    from .store import StoreUnavailable
+    tools = await _operator(config)
+    if tools is None:
+        return 1
+    store, service, audit = tools
+    user = canonical_username(username)
+    try:
+        if not await service.mfa.reset(user):
+            print(f"{username!r} has no enrolled second factor (a totp_secret in the users "
+                  "file is removed there)", file=sys.stderr)
+            return 1
+        service.events.emit(SessionEvent(MFA_RESET, None, time.time(), actor="cli", user=user))
+        await audit.flush()
+        print(f"removed the second factor and recovery codes of {username!r}")
+        return 0
+    except StoreUnavailable:
+        print("session.redis.url: the session store is unreachable", file=sys.stderr)
+        return 1
+    finally:
+        audit.close()
+        await store.close()
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     config = _shared_store(args, "the audit trail (see the admin console)")
     return 1 if config is None else asyncio.run(_audit(config, args))
@@ -316,6 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--all", action="store_true")
     clear.add_argument("--config", help=config_help)
     p.set_defaults(func=cmd_throttle)
+
+    p = sub.add_parser("totp", help="users' second factors")
+    actions = p.add_subparsers(dest="action", required=True)
+    reset = actions.add_parser("reset", help="remove a user's enrolled second factor and "
+                                             "recovery codes")
+    reset.add_argument("--user", required=True)
+    reset.add_argument("--config", help=config_help)
+    p.set_defaults(func=cmd_totp)
 
     p = sub.add_parser("audit", help="the audit trail, one JSON object a line")
     actions = p.add_subparsers(dest="action", required=True)

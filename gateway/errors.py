@@ -29,6 +29,8 @@ MESSAGES = {
     "INVALID_CREDENTIALS": "Invalid username or password.",
     "RATE_LIMITED": "Too many requests. Please wait a while, then try again.",
     "REAUTH_REQUIRED": "Enter your password again to do this.",
+    "OTP_REQUIRED": "Enter the one-time code from your authenticator app.",
+    "OTP_INVALID": "That one-time code is not right, or was used already.",
     "SESSION_LIMIT": "You are signed in on as many devices as this site allows.",
     "SESSION_NOT_FOUND": "A valid session is required.",
     "SESSION_EXPIRED": "A valid session is required.",
@@ -58,7 +60,7 @@ _PAGE = """<!doctype html>
 <title>{status} {title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#222}}
 h1{{font-size:1.4rem}}</style></head>
-<body><main><h1>{status} {title}</h1><p>{message}</p></main></body></html>
+<body><main><h1>{status} {title}</h1><p>{message}</p>{link}</main></body></html>
 """
 
 
@@ -131,12 +133,16 @@ def _error_body(code: str, message: str) -> bytes:
 
 
 def error_response(request: web.BaseRequest, status: int, code: str,
-                   detail: str | None = None, headers: dict | None = None) -> web.Response:
-    """``{"error": code, "message": ...}`` or a one-paragraph HTML page."""
+                   detail: str | None = None, headers: dict | None = None,
+                   link: tuple[str, str] | None = None) -> web.Response:
+    """``{"error": code, "message": ...}`` or a one-paragraph HTML page, with
+    ``link`` (text, address) as the way onward."""
     headers = {"Cache-Control": "no-store", **(headers or {})}
     if wants_html(request):
+        onward = "" if link is None else \
+            f'<p><a href="{html.escape(link[1])}">{html.escape(link[0])}</a></p>'
         page = _PAGE.format(status=status, title=TITLES.get(status, "Error"),
-                            message=html.escape(message_for(code, detail)))
+                            message=html.escape(message_for(code, detail)), link=onward)
         return web.Response(status=status, text=page, content_type="text/html",
                             headers=headers)
     return json_error(status, code, detail, headers)

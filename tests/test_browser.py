@@ -139,6 +139,65 @@ async def test_the_admin_console_s_views_and_charts_render_under_its_csp(
     assert len(await asyncio.to_thread(look)) == 10
 
 
+async def test_a_person_enrols_a_second_factor_at_sign_in_and_uses_it(
+        upstream: Any, make_config: Any, gateway: Any, browser: Any, tmp_path: Any) -> None:
+    """mfa.totp: required: the password, then the QR code and its key as
+    text (read here as a person would type it into an app), the first code,
+    the recovery codes, on to the app; the next sign-in asks for a code."""
+    import pyotp
+    client = await gateway(make_config(str(upstream.make_url("/")), mfa={"totp": "required"}))
+    base = f"http://{client.server.host}:{client.server.port}"
+
+    def enrol() -> tuple[str, list[str]]:
+        browser.get_log("browser")
+        sign_in(browser, base, "/after/enrolment")
+        wait_for(browser, arrived.title_is("Set up two-step verification"))
+        qr = browser.find_element(By.CSS_SELECTOR, "figure.qr svg")
+        assert qr.size["width"] >= 150 and qr.size["height"] >= 150
+        assert browser.switch_to.active_element.get_attribute("id") == "otp"
+        browser.find_element(By.TAG_NAME, "summary").click()
+        secret = browser.find_element(By.ID, "totp-secret").text.replace(" ", "")
+        for width, scheme in ((1280, "light"), (390, "dark")):
+            browser.set_window_size(width, 1000)
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [
+                {"name": "prefers-color-scheme", "value": scheme}]})
+            assert browser.execute_script(
+                "return document.documentElement.scrollWidth") <= width
+            browser.save_screenshot(str(tmp_path / f"enrol-{width}-{scheme}.png"))
+        browser.set_window_size(1280, 1000)
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        browser.find_element(By.ID, "otp").send_keys(pyotp.TOTP(secret).now())
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(browser, arrived.title_is("Your recovery codes"))
+        codes = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#recovery-codes code")]
+        browser.find_element(By.LINK_TEXT, "I saved them: continue").click()
+        wait_for(browser, lambda d: d.current_url.endswith("/after/enrolment"))
+        problems = [e["message"] for e in browser.get_log("browser")
+                    if "Content Security Policy" in e["message"]]
+        assert problems == []
+        return secret, codes
+
+    secret, codes = await asyncio.to_thread(enrol)
+    assert len(codes) == 10
+    page = await asyncio.to_thread(lambda: browser.page_source)
+    assert '["x-auth-user", "alice"]' in page.lower()         # the app saw who it is
+    sessions = (await send(client, "GET", "/_gateway/api/sessions", token=next(
+        c["value"] for c in await asyncio.to_thread(browser.get_cookies)
+        if c["name"] == "gateway_session"), headers=[("User-Agent", await asyncio.to_thread(
+            browser.execute_script, "return navigator.userAgent"))])).json()["sessions"]
+    assert [s["mfa"] for s in sessions] == [True]
+
+    def sign_in_with_a_recovery_code() -> str:
+        sign_in(browser, base, "/again")
+        wait_for(browser, arrived.title_is("Enter your code"))
+        browser.find_element(By.ID, "otp").send_keys(codes[3])
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(browser, lambda d: d.current_url.endswith("/again"))
+        return browser.current_url
+    assert (await asyncio.to_thread(sign_in_with_a_recovery_code)).endswith("/again")
+    assert (await client.app[GATEWAY].store.mfa_get("alice")).codes_left == 9
+
+
 # -- the session monitor, in a small single-page app ---------------------------------------
 
 # Keeps unsaved work in memory (the textarea) and polls its API in the

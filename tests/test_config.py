@@ -146,9 +146,11 @@ BAD = [
     ({"upstreams": [up(), up(url="http://127.0.0.1:10", path_prefix="/b")]},
      ["upstreams[1].name: duplicate name 'app'"]),
     ({"upstreams": [up(rules=[{"path": "/admin"}])]},
-     ["upstreams[0].rules[0].roles: is required"]),
+     ["upstreams[0].rules[0].roles: must list at least one role (or the rule must set "
+      "mfa: true)"]),
     ({"upstreams": [up(rules=[{"path": "/admin", "roles": []}])]},
-     ["upstreams[0].rules[0].roles: must list at least one role (got [])"]),
+     ["upstreams[0].rules[0].roles: must list at least one role (or the rule must set "
+      "mfa: true)"]),
     # a password in a URL is never repeated either
     ({"session": {"redis": {"url": "http://:hunter2@redis:6379"}}},
      ["session.redis.url: must be a redis or rediss or unix URL with a host"]),

@@ -129,7 +129,7 @@ async def test_two_workers_touching_different_fields_keep_both(store, clock):
 async def test_a_record_from_a_newer_gateway_is_served_and_its_fields_kept(store, clock,
                                                                           raw_redis):
     s = make(clock)
-    s.extra = {"device_id": "d-42", "mfa": "totp"}
+    s.extra = {"device_id": "d-42", "passkey": "yes"}
     if isinstance(store, RedisSessionStore):
         # Written by hand, as a newer version would: a version and fields we do not know.
         fields = {**s.to_fields(), "v": "7"}
@@ -140,14 +140,14 @@ async def test_a_record_from_a_newer_gateway_is_served_and_its_fields_kept(store
         await create(store, s)
     got = await store.get("alice", s.id)
     assert got is not None and got.alive(clock())
-    assert got.extra == {"device_id": "d-42", "mfa": "totp"}
+    assert got.extra == {"device_id": "d-42", "passkey": "yes"}
     clock.advance(20)
     assert await touch(store, got, last_seen_at=clock())
     again = await store.get("alice", s.id)
-    assert again.extra == {"device_id": "d-42", "mfa": "totp"}
+    assert again.extra == {"device_id": "d-42", "passkey": "yes"}
     assert again.last_seen_at == clock()
     ended = await store.end("alice", s.id, LOGOUT, "alice", clock(), HISTORY)
-    assert ended.extra == {"device_id": "d-42", "mfa": "totp"}
+    assert ended.extra == {"device_id": "d-42", "passkey": "yes"}
     assert (await store.ended("alice", s.id)).session.extra == ended.extra
 
 
@@ -702,3 +702,47 @@ async def test_redis_touch_and_audit_are_one_round_trip_and_survive_a_script_flu
             assert seen.count("XADD") == 1
     assert len(await store.audit_page(None, 10)) == 3
     assert (await store.read_counts(["h:1"], [], [], 1)).add["h:1"] == {"logins": 3}
+
+
+# -- the second factor and held values ----------------------------------------------
+
+async def test_an_enrolment_is_saved_once_and_its_codes_spent_once(store, clock):
+    assert await store.mfa_get("alice") is None
+    assert await store.mfa_enrol("alice", "sealed-1", ["d1", "d2", "d3"], clock())
+    assert not await store.mfa_enrol("alice", "sealed-2", ["d9"], clock())
+    got = await store.mfa_get("alice")
+    assert (got.secret, got.enrolled_at, got.codes_left) == ("sealed-1", clock(), 3)
+    assert await store.mfa_use_code("alice", "d2") == 2
+    assert await store.mfa_use_code("alice", "d2") is None
+    assert await store.mfa_use_code("alice", "d9") is None
+    assert await store.mfa_use_code("bob", "d1") is None
+    spent = await asyncio.gather(*(store.mfa_use_code("alice", "d1") for _ in range(10)))
+    assert sorted(spent, key=str) == [1] + [None] * 9
+    assert (await store.mfa_get("alice")).codes_left == 1
+    assert await store.mfa_reset("alice")
+    assert not await store.mfa_reset("alice")
+    assert await store.mfa_get("alice") is None
+    assert await store.mfa_use_code("alice", "d3") is None
+
+
+async def test_a_time_step_is_accepted_once_and_never_an_older_one(store, clock):
+    assert await store.mfa_use_step("alice", 100, 300)
+    assert not await store.mfa_use_step("alice", 100, 300)
+    assert not await store.mfa_use_step("alice", 99, 300)
+    assert await store.mfa_use_step("bob", 100, 300)
+    accepted = await asyncio.gather(*(store.mfa_use_step("alice", 101, 300) for _ in range(10)))
+    assert sorted(accepted) == [False] * 9 + [True]
+
+
+async def test_a_held_value_is_released_once(store, clock):
+    await store.hold("k", "v", 300)
+    assert await store.held("k") == "v"
+    assert await store.held("k") == "v"
+    released = await asyncio.gather(*(store.release("k") for _ in range(5)))
+    assert sorted(released, key=str) == [None] * 4 + ["v"]
+    assert await store.held("k") is None
+    await store.hold("short", "v", 0.05)
+    clock.advance(1)
+    if isinstance(store, RedisSessionStore):
+        await asyncio.sleep(0.1)          # Redis keeps its own time for TTLs
+    assert await store.held("short") is None

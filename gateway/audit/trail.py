@@ -50,7 +50,8 @@ _SEVERITY = {"login.failure": "warning", "session.revoked": "notice",
              "session.evicted": "notice", "user.logged_out_by_admin": "notice",
              "user.locked": "warning", "user.unlocked": "notice",
              "throttle.blocked": "warning", "users.reloaded": "notice",
-             "config.reloaded": "notice"}
+             "config.reloaded": "notice", "mfa.enrolled": "notice",
+             "mfa.reset": "warning", "mfa.recovery_used": "warning"}
 
 
 def audit_type(event: SessionEvent) -> str:

@@ -28,6 +28,9 @@ USERS_RELOADED = "users.reloaded"
 THROTTLE_BLOCKED = "throttle.blocked"
 THROTTLE_CLEARED = "throttle.cleared"
 CONFIG_RELOADED = "config.reloaded"
+MFA_ENROLLED = "mfa.enrolled"
+MFA_RESET = "mfa.reset"
+MFA_RECOVERY_USED = "mfa.recovery_used"
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
-                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED, Block, Ending,
-                     Session, SessionStore, StoreUnavailable, end_if_cancelled)
+                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED, AtCapacity, Block,
+                     Ending, Session, SessionStore, StoreUnavailable, end_if_cancelled)
 from .cache import SessionCache
-from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, SIGN_IN_FAILED, STARTED,
-                     THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
+from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, MFA_ENROLLED, MFA_RECOVERY_USED,
+                     SIGN_IN_FAILED, STARTED, THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
 from .throttle import LoginThrottle, Throttled
+from .totp import Checked, OtpInvalid, SecondFactor
 from .users import canonical_username
 if TYPE_CHECKING:
     from .geo import Locator
@@ -85,6 +86,15 @@ class AuthError(Exception):
         self.code, self.notice = code, notice
 
 
+class OtpRequired(Exception):
+    """The password was right; the sign-in needs a one-time code, or, with
+    ``enrol``, a second factor set up first (the user has none and must)."""
+
+    def __init__(self, user: User, enrol: bool) -> None:
+        super().__init__(user.key)
+        self.user, self.enrol = user, enrol
+
+
 @dataclass
 class Identity:
     user: User
@@ -99,7 +109,7 @@ def session_times(s: Session) -> dict[str, Any]:
     """What every API shows of a session's life: id, times (ISO 8601 UTC), remember-me."""
     return {"id": s.id, "created_at": iso(s.created_at), "last_seen_at": iso(s.last_seen_at),
             "idle_expires_at": iso(s.idle_expires_at), "expires_at": iso(s.expires_at),
-            "remember": s.remember}
+            "remember": s.remember, "mfa": s.mfa}
 
 
 def new_session_id() -> str:
@@ -138,6 +148,7 @@ class SessionService:
         self.events = Events()
         self.throttle = LoginThrottle(config.throttle, store) if config.throttle.enabled \
             else None
+        self.mfa = SecondFactor(config, store, clock)
         # name and address -> until when their throttled attempts are audited
         self._reported: dict[str, float] = {}
         self.watch: SecurityWatch | None = None
@@ -150,7 +161,7 @@ class SessionService:
 
     # -- start -----------------------------------------------------------
     async def start(self, user: User, *, remember: bool, ip: str, user_agent: str,
-                    make_room: bool = False) -> Session:
+                    make_room: bool = False, mfa: Checked | None = None) -> Session:
         """A brand-new session. At ``session.max_per_user`` the least recently
         active session ends in the same step, or, with ``on_limit: refuse``,
         AtCapacity is raised and nothing is saved (``make_room``: the user
@@ -163,10 +174,11 @@ class SessionService:
             expires_at=now + (s.remember_me_timeout if remember else s.absolute_timeout),
             idle_timeout=s.remember_me_idle_timeout if remember else s.idle_timeout,
             remember=remember, login_ip=ip, login_user_agent=user_agent[:512],
-            ip=ip, user_agent=user_agent[:512])
+            ip=ip, user_agent=user_agent[:512], mfa=mfa is not None)
         refuse = s.on_limit == "refuse" and not make_room
         evicted = await self.store.create(session, s.max_per_user, s.history, refuse=refuse)
-        self.events.emit(SessionEvent(STARTED, session, now, actor=user.key))
+        self.events.emit(SessionEvent(STARTED, session, now, actor=user.key,
+                                      details={"mfa": mfa.method} if mfa else {}))
         for old in evicted:
             self._ended(old, SESSION_LIMIT, SYSTEM, now)
         if self.watch is not None:
@@ -179,14 +191,18 @@ class SessionService:
 
     async def sign_in(self, username: str, password: str, *, remember: bool, ip: str,
                       user_agent: str, make_room: bool = False,
-                      replacing: Session | None = None,
-                      device: str | None = None) -> tuple[User, Session] | None:
+                      replacing: Session | None = None, device: str | None = None,
+                      otp: str | None = None) -> tuple[User, Session] | None:
         """Check the password and start a session; None when refused (a wrong
         password, an unknown, disabled or locked user: one answer for all,
         the reason kept for the audit trail). ``replacing``, the caller's
         current session, is signed out first (so it frees its place under
         the cap). Throttled (throttle.py; ``device``: the browser's id when
-        its device cookie vouches for this account) and AtCapacity propagate."""
+        its device cookie vouches for this account) and AtCapacity propagate.
+
+        A user with a second factor (totp.py) signs in with a one-time code,
+        ``otp``: without one, OtpRequired (the login page then holds the
+        sign-in and asks for it, finish_sign_in); a wrong one, OtpInvalid."""
         assert self.users is not None, "not in an operator tool"
         typed = canonical_username(username)[:128]    # the name as typed, for the audit
         throttle = self.throttle
@@ -209,15 +225,144 @@ class SessionService:
             return None
         if throttle is not None:
             await throttle.succeeded(strikes)
+        checked = None
+        if self.mfa.enabled:
+            secret = await self.mfa.secret_of(user)
+            if secret is None and self.mfa.required(user) or secret is not None and not otp:
+                raise OtpRequired(user, enrol=secret is None)
+            if secret is not None:
+                checked = await self._code(user, secret, otp or "", ip, user_agent, device)
+        return await self._begin(user, remember=remember, ip=ip, user_agent=user_agent,
+                                 make_room=make_room, replacing=replacing, mfa=checked)
+
+    async def finish_sign_in(self, pid: str, held: dict[str, Any], otp: str, *, ip: str,
+                             user_agent: str, replacing: Session | None = None,
+                             device: str | None = None, make_room: bool = False
+                             ) -> tuple[User, Session, list[str] | None] | None:
+        """The second step of the sign-in ``held`` under ``pid`` (SecondFactor.hold)
+        since its password was right: check the code (against the new secret
+        ``s`` when the user is enrolling, which is then saved) and start the
+        session; the held sign-in is used up. Also the recovery codes of a new
+        enrolment, to be shown once. None when the sign-in is over: finished
+        already, or the user can no longer sign in (removed, disabled, locked
+        meanwhile). OtpInvalid and Throttled propagate; AtCapacity too, with
+        the sign-in held again (its enrolment done) for another code."""
+        assert self.users is not None, "not in an operator tool"
+        user = self.users.get(str(held.get("u", "")))
+        if user is None or user.disabled or await self.store.is_locked(user.key):
+            return None
+        enrolling = isinstance(held.get("s"), str)
+        secret = held["s"] if enrolling else await self.mfa.secret_of(user)
+        if secret is None:
+            return None             # reset meanwhile: from the start again
+        checked = await self._code(user, secret, otp, ip, user_agent, device)
+        if await self.mfa.release(pid) is None:
+            return None             # another request finished it first
+        codes = held.get("c")
+        if enrolling:
+            codes = await self.mfa.enrol(user, secret)
+            if codes is None:
+                return None         # enrolled meanwhile, from elsewhere
+            self.events.emit(SessionEvent(MFA_ENROLLED, None, self.clock(), actor=user.key,
+                                          user=user.key, ip=ip, user_agent=user_agent))
+        try:
+            begun = await self._begin(user, remember=held.get("r") is True, ip=ip,
+                                      user_agent=user_agent,
+                                      make_room=make_room or held.get("m") is True,
+                                      replacing=replacing, mfa=checked)
+        except AtCapacity:
+            again = {k: v for k, v in held.items() if k != "s"}
+            if codes:
+                again["c"] = codes
+            await self.mfa.hold(again, pid)
+            raise AtCapacity(again) from None
+        return None if begun is None else (*begun, codes)
+
+    async def _begin(self, user: User, *, remember: bool, ip: str, user_agent: str,
+                     make_room: bool, replacing: Session | None,
+                     mfa: Checked | None) -> tuple[User, Session] | None:
         if replacing is not None:
             await self.end(replacing.username, replacing.id, LOGOUT, actor=replacing.username)
         session = await self.start(user, remember=remember, ip=ip, user_agent=user_agent,
-                                   make_room=make_room)
+                                   make_room=make_room, mfa=mfa)
         # A lock that landed while this sign-in was under way ends it too.
         if await self.store.is_locked(user.key):
             await self.end(user.key, session.id, USER_LOCKED, SYSTEM)
             return None
         return user, session
+
+    async def _code(self, user: User, secret: str, code: str, ip: str, user_agent: str,
+                    device: str | None) -> Checked:
+        """Check a one-time code, throttled like a password; OtpInvalid if wrong."""
+        throttle = self.throttle
+        strikes = throttle.code_strikes(user.key, device) if throttle is not None else []
+        if throttle is not None:
+            wait = await throttle.attempt(strikes)
+            if wait > 0:
+                raise Throttled(wait)
+        checked = await self.mfa.check(user, secret, code)
+        if checked is None:
+            self._failed(user.key, "bad_otp", ip, user_agent)
+            if throttle is not None:
+                self._blocked(await throttle.failed(strikes))
+            raise OtpInvalid("wrong code")
+        if throttle is not None:
+            await throttle.succeeded(strikes)
+        if checked.method == "recovery":
+            self.events.emit(SessionEvent(
+                MFA_RECOVERY_USED, None, self.clock(), actor=user.key, user=user.key, ip=ip,
+                user_agent=user_agent, details={"codes_left": str(checked.codes_left)}))
+        return checked
+
+    # -- the second factor within a session (the /2fa page) ---------------------------
+    async def enrol(self, identity: Identity, secret: str, code: str, *, ip: str,
+                    user_agent: str, device: str | None) -> list[str] | None:
+        """Confirm a new secret with its first code and save it; the session
+        then counts as signed in with it. The recovery codes, or None if the
+        user had a factor meanwhile. OtpInvalid and Throttled propagate."""
+        user = identity.user
+        await self._code(user, secret, code, ip, user_agent, device)
+        codes = await self.mfa.enrol(user, secret)
+        if codes is None:
+            return None
+        self.events.emit(SessionEvent(MFA_ENROLLED, identity.session, self.clock(),
+                                      actor=user.key))
+        await self._upgrade(identity)
+        return codes
+
+    async def step_up(self, identity: Identity, code: str, *, ip: str, user_agent: str,
+                      device: str | None) -> bool:
+        """A code for a session signed in without one (before the user
+        enrolled, or with ``optional`` and no code asked): the session counts
+        as signed in with the second factor from now on. False if the user
+        has none; OtpInvalid and Throttled propagate."""
+        secret = await self.mfa.secret_of(identity.user)
+        if secret is None:
+            return False
+        await self._code(identity.user, secret, code, ip, user_agent, device)
+        return await self._upgrade(identity)
+
+    async def _upgrade(self, identity: Identity) -> bool:
+        now = self.clock()
+        changes = {"mfa": True, "authenticated_at": now}
+        self.cache.drop(identity.session.id)
+        touched = replace(identity.session, **changes)
+        if not await self.store.touch(touched, changes):
+            return False            # the session ended meanwhile
+        identity.session = touched
+        return True
+
+    async def has_mfa(self, identity: Identity) -> bool:
+        """Whether the session was signed in with a second factor. Asked only
+        where a rule demands one; a session upgraded on another worker may be
+        cached here without the mark, so a "no" is checked in the store."""
+        if identity.session.mfa:
+            return True
+        fresh = await self.store.get(identity.session.username, identity.session.id)
+        if fresh is None or not fresh.mfa:
+            return False
+        self.cache.drop(fresh.id)
+        return True
 
     def _refused(self, typed: str, ip: str, user_agent: str, wait: float) -> None:
         """A throttled attempt costs its sender nothing, so it is audited once

@@ -91,6 +91,16 @@ class LoginThrottle:
         return [Strike(f"session:{session}", c.pair.failures, c.pair.window, c.pair.block,
                        {"kind": "session", "user": canonical_username(username)[:128]})]
 
+    def code_strikes(self, username: str, device: str | None) -> list[Strike]:
+        """A one-time code, after the right password: per account (whoever
+        sends it knows the password, from wherever), or from a browser whose
+        device cookie vouches for the account, that device's own; the
+        pair's limits either way."""
+        c, tag = self.config, account_tag(username)
+        info = {"kind": "code", "user": canonical_username(username)[:128]}
+        key = f"code:{tag}" if device is None else f"code-device:{device}:{tag}"
+        return [Strike(key, c.pair.failures, c.pair.window, c.pair.block, info)]
+
     async def attempt(self, strikes: list[Strike]) -> float:
         """Before the password is checked: 0, or the seconds to wait."""
         return await self.store.throttle_attempt(strikes)

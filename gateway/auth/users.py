@@ -19,12 +19,14 @@ timing matches a real check.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ from ..config import ConfigError, Section, bad_role, read_yaml
 
 log = logging.getLogger("gateway.users")
 
+_MIN_SECRET_BITS = 128        # a TOTP secret's, RFC 4226 section 4, R6
+
 
 @dataclass(frozen=True)
 class User:
@@ -44,6 +48,8 @@ class User:
     name: str = ""
     roles: tuple[str, ...] = ()
     disabled: bool = False
+    # Operator-provisioned TOTP secret (base32), or "" (auth/totp.py).
+    totp_secret: str = field(default="", repr=False)
 
     @property
     def key(self) -> str:
@@ -60,6 +66,19 @@ def canonical_username(username: str) -> str:
     return username.strip().casefold()
 
 
+def normalise_secret(text: str) -> str:
+    """A base32 secret as written (spaces, lower case, padding allowed); ValueError if bad."""
+    cleaned = "".join(text.split()).upper().rstrip("=")
+    try:
+        raw = base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except (binascii.Error, ValueError):
+        raise ValueError("must be a base32 secret (A-Z, 2-7)") from None
+    if len(raw) * 8 < _MIN_SECRET_BITS:
+        raise ValueError(f"must hold at least {_MIN_SECRET_BITS} bits "
+                         f"({-(-_MIN_SECRET_BITS // 5)} base32 characters)")
+    return cleaned
+
+
 def parse_users(data: Any, where: str) -> dict[str, User]:
     """Validate a users document; ConfigError lists every problem."""
     problems: list[str] = []
@@ -74,9 +93,17 @@ def parse_users(data: Any, where: str) -> dict[str, User]:
         if password_hash and not password_hash.startswith("$argon2id$"):
             entry.problem("password_hash",
                           "must be an argon2id hash from 'gateway hash-password'")
+        totp_secret = entry.str("totp_secret", "")
+        if totp_secret:
+            try:
+                totp_secret = normalise_secret(totp_secret)
+            except ValueError as exc:
+                entry.problem("totp_secret",
+                              f"{exc} (user {username!r}; the value is not shown)")
         user = User(username=username, password_hash=password_hash,
                     email=entry.str("email", ""), name=entry.str("name", ""),
-                    roles=entry.str_list("roles"), disabled=entry.bool("disabled", False))
+                    roles=entry.str_list("roles"), disabled=entry.bool("disabled", False),
+                    totp_secret=totp_secret)
         for i, role in enumerate(user.roles):
             if bad_role(role):
                 # X-Auth-Roles is a comma-separated list: "staff,admin" would

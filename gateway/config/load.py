@@ -171,6 +171,15 @@ def build_config(data: Any, base_dir: Path = Path("."),
     for i, name in enumerate(names):
         if name is not None and names.index(name) != i:
             problems.append(f"upstreams[{i}].name: duplicate name {name!r}")
+    for i, up in enumerate(config.upstreams):
+        for j, rule in enumerate(up.rules):
+            where = f"upstreams[{i}].rules[{j}]"
+            if not rule.roles and not rule.mfa and \
+                    not any(p.startswith(f"{where}.roles") for p in problems):
+                problems.append(f"{where}.roles: must list at least one role (or the rule "
+                                "must set mfa: true)")
+            if rule.mfa and config.mfa.totp == "off":
+                problems.append(f"{where}.mfa: needs a second factor, but mfa.totp is off")
     rules = [rule.name for rule in config.rate_limits]
     for i, rule in enumerate(config.rate_limits):
         if rule.name is not None and rules.index(rule.name) != i:

@@ -39,9 +39,12 @@ def items(cls: type, *, required: bool = False) -> Any:
 
 @dataclass(frozen=True)
 class Rule:
-    """Requests whose path starts with ``path`` (any case) need one of ``roles``."""
+    """Requests whose path starts with ``path`` (any case) need one of
+    ``roles`` (none listed: any user), and with ``mfa`` a session signed in
+    with a second factor."""
     path: str = key(None, v.path_prefix, required=True)
-    roles: tuple[str, ...] = key(None, v.role_list, required=True)
+    roles: tuple[str, ...] = key([], v.role_names)
+    mfa: bool = key(False, v.boolean)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,11 @@ class Upstream:
     def base(self) -> str:
         """``url`` without a trailing slash: request paths are appended to it."""
         return self.url.rstrip("/")
+
+    @functools.cached_property
+    def mfa_rules(self) -> bool:
+        """Whether any rule demands a second factor (the hot path asks once)."""
+        return any(rule.mfa for rule in self.rules)
 
     @functools.cached_property
     def authority(self) -> str:
@@ -147,6 +155,17 @@ class ThrottleConfig:
     ip: IpThrottle = section(IpThrottle)
     account: AccountThrottle = section(AccountThrottle)
     device_cookie_lifetime: float = key("180d", v.duration(minimum=60))
+
+
+@dataclass(frozen=True)
+class MfaConfig:
+    """The second factor (auth/totp.py): ``off``, ``optional`` (asked of
+    users who have one; anyone may enrol) or ``required`` (of everyone;
+    ``required_for_roles``: of users with any of these roles)."""
+    totp: str = key("optional", v.one_of("off", "optional", "required"))
+    required_for_roles: tuple[str, ...] = key([], v.role_names)
+    # The account's name in the authenticator app (default: public_url's host).
+    issuer: str | None = key(None, v.optional_string)
 
 
 # The name of the session refresh's own rate limit (web/session_api.py).
@@ -246,6 +265,7 @@ class Config:
     admin: AdminConfig = section(AdminConfig)
     security_headers: SecurityHeaders = section(SecurityHeaders)
     throttle: ThrottleConfig = section(ThrottleConfig)
+    mfa: MfaConfig = section(MfaConfig)
     rate_limits: tuple[RateLimitRule, ...] = items(RateLimitRule)
     audit: AuditConfig = section(AuditConfig)
     users: UsersConfig = section(UsersConfig)

@@ -154,9 +154,15 @@ def secret(v: Any) -> str:
 
 
 def role_list(v: Any) -> tuple[str, ...]:
-    roles = str_list(v)
+    roles = role_names(v)
     if not roles:
         raise ValueError("must list at least one role")
+    return roles
+
+
+def role_names(v: Any) -> tuple[str, ...]:
+    """Roles, possibly none."""
+    roles = str_list(v)
     for i, role in enumerate(roles):
         if bad_role(role):
             raise ItemError(i, "must not contain ',', whitespace or control characters", role)

@@ -54,8 +54,14 @@ def missing_roles(upstream: Upstream, path: str, roles: Iterable[str]) -> bool:
     """
     lowered = path.lower()
     have = set(roles)
-    return any(lowered.startswith(rule.path.lower()) and have.isdisjoint(rule.roles)
-               for rule in upstream.rules)
+    return any(lowered.startswith(rule.path.lower()) and rule.roles
+               and have.isdisjoint(rule.roles) for rule in upstream.rules)
+
+
+def needs_mfa(upstream: Upstream, path: str) -> bool:
+    """True when some rule covering ``path`` demands a second factor."""
+    lowered = path.lower()
+    return any(rule.mfa and lowered.startswith(rule.path.lower()) for rule in upstream.rules)
 
 
 def upstream_path(upstream: Upstream, encoded_path: str) -> str:

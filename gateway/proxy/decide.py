@@ -1,6 +1,6 @@
 """The decision every entry point needs: may this request reach an upstream?
 
-    canonical path -> upstream -> path parameters -> session -> roles
+    canonical path -> upstream -> path parameters -> session -> roles -> second factor
 
 ``decide`` answers with a Decision (go ahead: which upstream, which path,
 who is asking) or a Refusal (why not). The proxy pipeline forwards on a
@@ -12,12 +12,13 @@ no I/O, and it never builds a response: that is the caller's to shape.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from ..auth.sessions import AuthError, Identity
 from ..config import Upstream
 from ..state import Gateway
 from ..store import StoreUnavailable
-from .access import is_public, missing_roles
+from .access import is_public, missing_roles, needs_mfa
 from .headers import cookie_value
 from .paths import BadPath, has_prefix, normalize_path, without_path_parameters
 
@@ -39,6 +40,8 @@ class Refusal:
     # No valid session: browsers are sent to sign in, others get 401.
     auth: AuthError | None = None
     had_cookie: bool = False
+    # A way onward for a person: (text, where), shown on the HTML page.
+    link: tuple[str, str] | None = None
 
 
 def counts_as_activity(mode: str, fetch_mode: str | None, fetch_dest: str | None) -> bool:
@@ -111,4 +114,14 @@ async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip:
     if missing_roles(upstream, path, roles) or (
             servlet_path is not path and missing_roles(upstream, servlet_path, roles)):
         return _NO_ROLE
+    # ...and a second factor when a rule asks for it.
+    if upstream.mfa_rules and any(needs_mfa(upstream, p) for p in judged):
+        try:
+            verified = await gw.sessions.has_mfa(identity)
+        except StoreUnavailable:
+            return _STORE_DOWN
+        if not verified:
+            return Refusal(403, "FORBIDDEN", "This page needs two-step verification.",
+                           link=("Verify with your one-time code", f"{config.prefix}/2fa?"
+                                 + urlencode({"rd": raw_path})))
     return Decision(upstream, encoded_path, identity, token, judged)

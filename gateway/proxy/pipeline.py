@@ -150,7 +150,8 @@ _REFUSED = {"Cache-Control": "no-store", REFUSAL_MARK: "session"}
 def refuse(request: web.Request, gw: Gateway, refusal: Refusal) -> web.Response:
     if refusal.auth is not None:
         return deny(request, gw, refusal.auth, refusal.had_cookie)
-    return error_response(request, refusal.status, refusal.code, refusal.detail)
+    return error_response(request, refusal.status, refusal.code, refusal.detail,
+                          link=refusal.link)
 
 
 def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) -> web.Response:

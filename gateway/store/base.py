@@ -85,7 +85,7 @@ _PARSE: dict[str, Callable[[Any], Any]] = {
     "id": str, "username": str, "created_at": _number, "last_seen_at": _number,
     "expires_at": _number, "idle_timeout": _number, "remember": _flag,
     "login_ip": str, "login_user_agent": str, "ip": str, "user_agent": str,
-    "authenticated_at": _number,
+    "authenticated_at": _number, "mfa": _flag,
 }
 
 
@@ -105,6 +105,8 @@ class Session:
     # When the password was last entered for this session: at sign-in, and
     # again when a sensitive action asked for it (0: the sign-in itself).
     authenticated_at: float = 0.0
+    # Whether the user proved a second factor (auth/totp.py) for this session.
+    mfa: bool = False
     # Fields written by a newer gateway, kept as they came.
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -255,6 +257,14 @@ class Block:
     info: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Enrolment:
+    """A user's enrolled second factor (auth/totp.py)."""
+    secret: str          # the TOTP secret, encrypted by the caller
+    enrolled_at: float
+    codes_left: int      # recovery codes not spent yet
+
+
 class SessionStore(ABC):
     """Live sessions, per-user and global indexes, and ended records.
 
@@ -392,6 +402,45 @@ class SessionStore(ABC):
         """Set ``worker``'s count in each window (``{key: (n, seconds to keep
         the window)}``; setting it again changes nothing) and return each
         window's sum over every worker, in one round trip."""
+
+    # -- the second factor: per user, held until reset ------------------------------
+    @abstractmethod
+    async def mfa_get(self, username: str) -> Enrolment | None:
+        """The user's enrolment, or None."""
+
+    @abstractmethod
+    async def mfa_enrol(self, username: str, secret: str, codes: list[str],
+                        now: float) -> bool:
+        """Save an enrolment with ``codes`` (digests of recovery codes) in one
+        atomic step, unless the user has one already (then False)."""
+
+    @abstractmethod
+    async def mfa_reset(self, username: str) -> bool:
+        """Remove the user's enrolment and recovery codes; whether there was one."""
+
+    @abstractmethod
+    async def mfa_use_code(self, username: str, digest: str) -> int | None:
+        """Spend a recovery code, atomically: how many are left after it, or
+        None if it is not one of the user's (or was spent already)."""
+
+    @abstractmethod
+    async def mfa_use_step(self, username: str, step: int, keep: float) -> bool:
+        """Accept a TOTP time step for the user at most once: False if this
+        step or a later one was accepted in the last ``keep`` seconds."""
+
+    # -- short-lived secrets (a sign-in waiting for its one-time code) ----------------
+    @abstractmethod
+    async def hold(self, key: str, value: str, ttl: float) -> None:
+        """Keep ``value`` under ``key`` for ``ttl`` seconds."""
+
+    @abstractmethod
+    async def held(self, key: str) -> str | None:
+        """The value held under ``key``, or None once it is gone or expired."""
+
+    @abstractmethod
+    async def release(self, key: str) -> str | None:
+        """Take the value held under ``key`` and forget it, in one atomic
+        step: of many callers, only one gets it."""
 
     @abstractmethod
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:

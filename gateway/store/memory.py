@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from .base import (BUSY_WAIT, MAX_FINDINGS, RANK_KEEP, SESSION_LIMIT, AtCapacity, Block, Counts,
-                   CountsRead, EndedSession, Ending, Page, Session, SessionStore, Strike)
+                   CountsRead, EndedSession, Ending, Enrolment, Page, Session, SessionStore, Strike)
 from .paging import decode_cursor, encode_cursor
 
 
@@ -43,6 +43,11 @@ class MemorySessionStore(SessionStore):
         # Login throttling: key -> [window end, failures, in flight]; key -> its block.
         self._failures: dict[str, list[Any]] = {}
         self._blocks: dict[str, Block] = {}
+        # The second factor: user -> (enrolment, unspent code digests); user ->
+        # (last step accepted, until when it is kept); held values -> (until, value).
+        self._mfa: dict[str, tuple[Enrolment, set[str]]] = {}
+        self._steps: dict[str, tuple[int, float]] = {}
+        self._held: dict[str, tuple[float, str]] = {}
         # Analytics: key -> (kept until, a Counter of fields or a set of members).
         self._counts: dict[str, tuple[float, Any]] = {}
 
@@ -277,6 +282,50 @@ class MemorySessionStore(SessionStore):
             out[key] = sum(by_worker.values())
         return out
 
+    async def mfa_get(self, username: str) -> Enrolment | None:
+        found = self._mfa.get(username)
+        return found[0] if found else None
+
+    async def mfa_enrol(self, username: str, secret: str, codes: list[str],
+                        now: float) -> bool:
+        if username in self._mfa:
+            return False
+        self._mfa[username] = (Enrolment(secret, now, len(set(codes))), set(codes))
+        return True
+
+    async def mfa_reset(self, username: str) -> bool:
+        return self._mfa.pop(username, None) is not None
+
+    async def mfa_use_code(self, username: str, digest: str) -> int | None:
+        found = self._mfa.get(username)
+        if found is None or digest not in found[1]:
+            return None
+        found[1].discard(digest)
+        self._mfa[username] = (replace(found[0], codes_left=len(found[1])), found[1])
+        return len(found[1])
+
+    async def mfa_use_step(self, username: str, step: int, keep: float) -> bool:
+        self._sweep()
+        now = self._clock()
+        last, until = self._steps.get(username, (-1, 0.0))
+        if until > now and step <= last:
+            return False
+        self._steps[username] = (step, now + keep)
+        return True
+
+    async def hold(self, key: str, value: str, ttl: float) -> None:
+        self._sweep()
+        self._held[key] = (self._clock() + ttl, value)
+
+    async def held(self, key: str) -> str | None:
+        until, value = self._held.get(key, (0.0, None))
+        return value if until > self._clock() else None
+
+    async def release(self, key: str) -> str | None:
+        value = await self.held(key)
+        self._held.pop(key, None)
+        return value
+
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old, self._swapped[name] = self._swapped.get(name, {}), dict(values)
         return old
@@ -352,6 +401,10 @@ class MemorySessionStore(SessionStore):
             del self._rates[key]
         for key in [key for key, block in self._blocks.items() if block.until <= now]:
             del self._blocks[key]
+        for key in [key for key, (until, _) in self._held.items() if until <= now]:
+            del self._held[key]
+        for key in [key for key, (_, until) in self._steps.items() if until <= now]:
+            del self._steps[key]
 
 
 def _entry_key(entry_id: str) -> tuple[int, int]:

@@ -24,6 +24,11 @@ the per-user scripts stay legal there):
     gw:th:k:<key>      hash: sign-in attempts counted under a throttle key, its
                        window, its block and what the block is about
     gw:th:blocks       sorted set: the keys blocked, by when the block ends
+    gw:{tag}:mfa       hash: the user's second factor (secret encrypted by the
+                       gateway, ``at``, ``left``, ``c:<digest>`` per unspent
+                       recovery code), no TTL: held until reset
+    gw:{tag}:step      the last TOTP time step accepted (the replay guard), minutes
+    gw:p:<id>          a sign-in waiting for its one-time code (encrypted), minutes
     gw:rl:<rule>:<digest>  hash: each worker's count in one window of a rate limit
     gw:v:<name>        hash: the version of the config or users file in effect
                        (audit/versions.py), no TTL
@@ -63,7 +68,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from ..config import RedisConfig
 from .base import (BUSY_WAIT, EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP,
                    REVOKED_BY_ADMIN, SESSION_LIMIT, USER_DISABLED, AtCapacity, Block, Counts,
-                   CountsRead, EndedSession, Ending, Page, Session, SessionStore,
+                   CountsRead, EndedSession, Ending, Enrolment, Page, Session, SessionStore,
                    StoreUnavailable, Strike, encode_fields)
 from .client import connect
 from .paging import decode_cursor, encode_cursor
@@ -311,6 +316,31 @@ if #ARGV > 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
 return old
 """
 
+# KEYS: the user's mfa hash. ARGV: secret, enrolled at, code digests.
+_ENROL = """
+if redis.call('HEXISTS', KEYS[1], 'secret') == 1 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'secret', ARGV[1], 'at', ARGV[2])
+local left = 0
+for i = 3, #ARGV do left = left + redis.call('HSET', KEYS[1], 'c:' .. ARGV[i], '1') end
+redis.call('HSET', KEYS[1], 'left', left)
+return 1
+"""
+
+# KEYS: the user's mfa hash. ARGV: a code digest. Returns the codes left, -1 if none spent.
+_SPEND = """
+if redis.call('HDEL', KEYS[1], 'c:' .. ARGV[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], 'left', -1)
+"""
+
+# KEYS: the user's step key. ARGV: the step, how long to keep it (ms).
+_STEP = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) <= last then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # Why a session was revoked, as the first versions kept it (``:t:<sid>``).
 _LEGACY_REASONS = {"logout": LOGOUT, "revoked": REVOKED_BY_ADMIN, "disabled": USER_DISABLED,
                    "session_limit": SESSION_LIMIT}
@@ -377,6 +407,9 @@ class RedisSessionStore(SessionStore):
         self._attempt = self.redis.register_script(_ATTEMPT)
         self._settle = self.redis.register_script(_SETTLE)
         self._rate = self.redis.register_script(_RATE)
+        self._enrol = self.redis.register_script(_ENROL)
+        self._spend = self.redis.register_script(_SPEND)
+        self._step = self.redis.register_script(_STEP)
 
     # -- keys --------------------------------------------------------------
     def session_key(self, username: str, sid: str) -> str:
@@ -898,6 +931,50 @@ class RedisSessionStore(SessionStore):
                 return await pipe.execute()
         sums = await self._call(lambda: self._loading(run, self._rate))
         return {key: int(total) for key, total in zip(counts, sums)}
+
+    # -- the second factor and held sign-ins ------------------------------------------
+    def mfa_key(self, username: str) -> str:
+        return f"{self.prefix}:{{{user_tag(username)}}}:mfa"
+
+    async def mfa_get(self, username: str) -> Enrolment | None:
+        secret, at, left = await self._call(
+            lambda: self.redis.hmget(self.mfa_key(username), "secret", "at", "left"))
+        if secret is None:
+            return None
+        try:
+            return Enrolment(secret.decode(), float(at or 0), int(left or 0))
+        except (ValueError, UnicodeDecodeError):
+            return Enrolment(secret.decode("utf-8", "replace"), 0.0, 0)
+
+    async def mfa_enrol(self, username: str, secret: str, codes: list[str],
+                        now: float) -> bool:
+        return bool(await self._call(lambda: self._enrol(
+            keys=[self.mfa_key(username)], args=[secret, repr(now), *codes])))
+
+    async def mfa_reset(self, username: str) -> bool:
+        return bool(await self._call(lambda: self.redis.delete(self.mfa_key(username))))
+
+    async def mfa_use_code(self, username: str, digest: str) -> int | None:
+        left = await self._call(lambda: self._spend(keys=[self.mfa_key(username)],
+                                                    args=[digest]))
+        return None if int(left) < 0 else int(left)
+
+    async def mfa_use_step(self, username: str, step: int, keep: float) -> bool:
+        key = f"{self.prefix}:{{{user_tag(username)}}}:step"
+        return bool(await self._call(lambda: self._step(
+            keys=[key], args=[step, max(1, int(keep * 1000))])))
+
+    async def hold(self, key: str, value: str, ttl: float) -> None:
+        await self._call(lambda: self.redis.set(f"{self.prefix}:p:{key}", value,
+                                                px=max(1, int(ttl * 1000))))
+
+    async def held(self, key: str) -> str | None:
+        value = await self._call(lambda: self.redis.get(f"{self.prefix}:p:{key}"))
+        return None if value is None else value.decode("utf-8", "replace")
+
+    async def release(self, key: str) -> str | None:
+        value = await self._call(lambda: self.redis.getdel(f"{self.prefix}:p:{key}"))
+        return None if value is None else value.decode("utf-8", "replace")
 
     async def swap(self, name: str, values: dict[str, str]) -> dict[str, str]:
         old = await self._call(lambda: self._swap(keys=[f"{self.prefix}:v:{name}"],

@@ -76,7 +76,6 @@ def session_details(gw: Gateway, s: Session, devices: dict[str, Device]) -> dict
         "location": gw.locator.locate(s.ip) if gw.locator and s.ip else None,
         "user_agent": s.user_agent,
         "device": device.public(),
-        "mfa": False,
     }
 
 

@@ -14,7 +14,8 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from ..auth.tokens import derive_key
 from ..config import Config
 from ..errors import HTTP1, error_response, refuse_version
-from . import admin, admin_page, login, machine, monitor, my_sessions, session_api
+from . import (admin, admin_page, login, machine, monitor, my_sessions, session_api,
+               two_factor)
 from .guards import Handler
 
 FORM_COOKIE = "gateway_form"
@@ -47,6 +48,8 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
         "/api/session/refresh": {"POST": session_api.api_session_refresh},
         "/sessions": {"GET": with_form_state(my_sessions.sessions_page),
                       "POST": with_form_state(my_sessions.sessions_submit)},
+        "/2fa": {"GET": with_form_state(two_factor.page),
+                 "POST": with_form_state(two_factor.submit)},
         "/api/sessions": {"GET": my_sessions.api_sessions},
         "/api/sessions/revoke-others": {"POST": my_sessions.api_revoke_others},
         "/api/sessions/revoke-all": {"POST": my_sessions.api_revoke_all},
