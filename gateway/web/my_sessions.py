@@ -240,13 +240,15 @@ async def sessions_page(request: web.Request, *, status: int = 200, error: str |
     try:
         identity = await current_identity(request, gw, touch=True)
         live, ended, alerts = await listing(gw, identity)
+        two_factor = await gw.sessions.mfa.has_factor(identity.user) \
+            if gw.sessions.mfa.enabled else None
     except AuthError:
         return see_other(f"{gw.config.prefix}/login?rd={gw.config.prefix}/sessions")
     except StoreUnavailable:
         return store_unavailable(request)
     return render("sessions.html", status=status, prefix=gw.config.prefix,
                   user=identity.user, live=live, ended=ended, alerts=alerts, error=error,
-                  notice=notice,
+                  notice=notice, two_factor=two_factor,
                   reauth_due=gw.sessions.reauth_due(identity.session),
                   reauth_after=humanize(gw.config.session.reauth_after),
                   csrf_token=await csrf_token(request))
