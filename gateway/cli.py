@@ -228,7 +228,8 @@ async def _totp_reset(config: Config, username: str) -> int:
             return 1
         service.events.emit(SessionEvent(MFA_RESET, None, time.time(), actor="cli", user=user))
         await audit.flush()
-        print(f"removed the second factor and recovery codes of {username!r}")
+        print(f"removed the second factor and recovery codes of {username!r} (their sessions "
+              f"go on: 'gateway sessions revoke --user {username}' ends them)")
         return 0
     except StoreUnavailable:
         print("session.redis.url: the session store is unreachable", file=sys.stderr)

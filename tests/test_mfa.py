@@ -7,10 +7,12 @@ throttled, the held sign-in's five minutes (injectable clock), rules with
 from __future__ import annotations
 
 import html
+import io
 import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pyotp
 import pytest
 import yaml
@@ -63,14 +65,21 @@ async def form_login(client: Any, user: str = "alice", password: str = "alice-pw
 
 
 async def form_code(client: Any, page_html: str, otp: str, **extra: str) -> Any:
+    """The second step, as the page's form posts it (its hidden rd included)."""
+    rd = re.search(r'name="rd" value="([^"]*)"', page_html)
     return await client.post("/_gateway/login", allow_redirects=False, data={
-        "csrf_token": csrf_of(page_html), "otp": otp, "rd": "/", **extra})
+        "csrf_token": csrf_of(page_html), "otp": otp, "rd": html.unescape(rd.group(1)),
+        **extra})
 
 
 def secret_on(page_html: str) -> str:
     m = re.search(r'id="totp-secret">([^<]+)<', page_html)
     assert m, page_html
     return html.unescape(m.group(1)).replace(" ", "")
+
+
+def session_cookie(client: Any) -> str:
+    return client.session.cookie_jar.filter_cookies(client.make_url("/"))["gateway_session"].value
 
 
 def codes_on(page_html: str) -> list[str]:
@@ -127,7 +136,7 @@ async def test_the_form_asks_for_the_code_in_a_second_step(start, clock):
     assert r.status == 401 and "not right" in await r.text()
     r = await form_code(client, await r.text(), code(SECRET, clock))
     assert r.status == 303, await r.text()
-    assert r.headers["Location"] == "/"
+    assert r.headers["Location"] == "/after"
     sessions = await my_sessions(client)
     assert [s["mfa"] for s in sessions] == [True]
 
@@ -300,11 +309,16 @@ async def test_a_session_verified_on_the_page_passes_the_rule(upstream, make_con
     write_users(tmp_path, WITH_SECRET)
     page = await (await client.get("/_gateway/2fa?rd=/billing")).text()
     assert 'name="action" value="verify"' in page
+    before = session_cookie(client)
     r = await client.post("/_gateway/2fa", allow_redirects=False, data={
         "csrf_token": csrf_of(page), "action": "verify", "otp": code(SECRET, clock),
         "rd": "/billing"})
     assert (r.status, r.headers["Location"]) == (303, "/billing")
     assert (await client.get("/billing", allow_redirects=False)).status == 200
+    # A new id: the cookie from before the code gained nothing, and is spent.
+    assert session_cookie(client) != before
+    r = await send(client, "GET", "/billing", token=before)
+    assert (r.status, r.json()["error"]) == (401, "SESSION_REVOKED")
 
 
 def test_rules_and_policy_are_checked_in_the_config(make_config):
@@ -434,3 +448,118 @@ async def test_a_full_session_cap_at_the_code_step_keeps_the_enrolment(start, cl
     r = await form_code(client, page, code(secret, clock, +1), make_room="1")
     assert r.status == 200 and len(codes_on(await r.text())) == 10
     assert "gateway_session" in r.cookies
+
+
+# -- what the review found ---------------------------------------------------------------
+
+async def test_a_policy_or_role_applies_to_sessions_already_running(start, tmp_path, clock):
+    client = await start(users=USERS, mfa={"required_for_roles": ["admin"]})
+    token = (await json_login(client)).set_cookies()["gateway_session"]
+    token = token.split("=", 1)[1].split(";", 1)[0]
+    assert (await send(client, "GET", "/x", token=token)).status == 200
+    # Alice is made an admin while signed in: her session must now be verified.
+    write_users(tmp_path, [{**USERS[0], "roles": ["admin"]}, *USERS[1:]])
+    r = await send(client, "GET", "/x", token=token, accept="text/html")
+    assert r.status == 403 and 'href="/_gateway/2fa?rd=%2Fx"' in r.text
+    r = await send(client, "GET", "/_gateway/api/admin/stats", token=token)
+    assert (r.status, r.json()["error"]) == (403, "FORBIDDEN")
+    assert "two-step verification" in r.json()["message"]
+    # /2fa, the sessions page and signing out still work for her.
+    assert (await send(client, "GET", "/_gateway/2fa", token=token,
+                       accept="text/html")).status == 200
+    assert (await send(client, "GET", "/_gateway/api/sessions", token=token)).status == 200
+
+
+async def test_codes_are_throttled_even_with_throttling_off(start, clock):
+    client = await start(throttle={"enabled": False})
+    for _ in range(5):
+        assert (await json_login(client, "000001")).json()["error"] == "OTP_INVALID"
+    assert (await json_login(client, code(SECRET, clock))).status == 429
+    for _ in range(8):                              # passwords are not throttled
+        assert (await json_login(client, password="wrong")).status == 401
+
+
+async def test_a_stolen_cookie_cannot_block_its_owner_at_the_code_step(start, clock):
+    client = await start(users=USERS)
+    await form_login(client)                        # a session from before her secret
+    await client.app[GATEWAY].store.mfa_enrol(
+        "alice", client.app[GATEWAY].sessions.mfa._encrypt("alice", SECRET), [], clock())
+    page = await (await client.get("/_gateway/2fa")).text()
+
+    async def verify(otp: str) -> Any:
+        return await client.post("/_gateway/2fa", allow_redirects=False, data={
+            "csrf_token": csrf_of(page), "action": "verify", "otp": otp, "rd": ""})
+    for _ in range(5):
+        assert (await verify("000001")).status == 401
+    r = await verify(code(SECRET, clock))
+    assert r.status == 429 and "Retry-After" in r.headers
+    # The owner, signing in elsewhere with her code, is not blocked.
+    assert (await json_login(client, code(SECRET, clock))).status == 200
+
+
+async def test_verifying_with_a_code_is_not_a_password_re_entry(start, clock):
+    client = await start(users=USERS)
+    gw = client.app[GATEWAY]
+    await form_login(client)
+    await gw.sessions.start(gw.users.get("alice"), remember=False, ip="198.51.100.7",
+                            user_agent="another device")
+    await gw.store.mfa_enrol("alice", gw.sessions.mfa._encrypt("alice", SECRET), [], clock())
+    clock.advance(700)                              # past session.reauth_after (10m)
+    page = await (await client.get("/_gateway/2fa")).text()
+    r = await client.post("/_gateway/2fa", allow_redirects=False, data={
+        "csrf_token": csrf_of(page), "action": "verify", "otp": code(SECRET, clock),
+        "rd": ""})
+    assert r.status == 303
+    r = await client.post("/_gateway/api/sessions/revoke-others", json={})
+    assert (r.status, (await r.json())["error"]) == (401, "REAUTH_REQUIRED")
+
+
+async def test_two_codes_racing_for_one_held_sign_in_start_one_session(start, clock):
+    import asyncio
+    client = await start()
+    step = await (await form_login(client)).text()
+    results = await asyncio.gather(form_code(client, step, code(SECRET, clock)),
+                                   form_code(client, step, code(SECRET, clock, +1)))
+    assert sorted(r.status for r in results) == [303, 401]
+    assert len(await client.app[GATEWAY].store.user_sessions("alice")) == 1
+
+
+async def test_a_user_disabled_between_the_steps_is_refused(start, tmp_path, clock):
+    client = await start()
+    step = await (await form_login(client)).text()
+    write_users(tmp_path, [{**u, "disabled": True} if u["username"] == "alice" else u
+                           for u in WITH_SECRET])
+    r = await form_code(client, step, code(SECRET, clock))
+    assert r.status == 401 and "gateway_session" not in r.cookies
+
+
+async def test_hostile_codes_are_refused_cleanly(start, clock):
+    client = await start()
+    for otp in (123456, ["1"], {"a": 1}, True):
+        r = await json_login(client, otp)
+        assert (r.status, r.json()["error"]) == (400, "BAD_REQUEST")
+    for otp in ("\ud800" * 3, "x" * 5000, "１２３４５６", "12 34 56 78", ""):
+        r = await json_login(client, otp)
+        assert r.status == 401, otp
+    step = await (await form_login(client)).text()
+    form = aiohttp.FormData({"csrf_token": csrf_of(step), "rd": "/"})
+    form.add_field("otp", io.BytesIO(b"\xff\xfe"), filename="code.txt")   # a file, not text
+    r = await client.post("/_gateway/login", data=form)
+    assert r.status == 401 and "not right" in await r.text()
+
+
+async def test_the_page_answers_503_while_the_store_is_down(redis_factory, upstream,
+                                                          make_config, gateway, tmp_path,
+                                                          clock):
+    redis = redis_factory()
+    write_users(tmp_path, WITH_SECRET)
+    client = await gateway(make_config(str(upstream.make_url("/")), session={
+        "store": "redis", "redis": {"url": redis.url}}), clock=clock)
+    await form_login(client, user="admin", password="admin-pw")
+    page = await (await client.get("/_gateway/2fa")).text()
+    redis.stop()
+    r = await client.post("/_gateway/2fa", data={
+        "csrf_token": csrf_of(page), "action": "enrol", "otp": "123456",
+        "password": "admin-pw"})
+    assert r.status == 503
+    assert (await client.get("/_gateway/2fa")).status == 503

@@ -148,6 +148,10 @@ class SessionService:
         self.events = Events()
         self.throttle = LoginThrottle(config.throttle, store) if config.throttle.enabled \
             else None
+        # One-time codes are always throttled (with the pair's limits), even
+        # with throttle.enabled off: six digits fall to a few hundred
+        # thousand guesses.
+        self.code_throttle = self.throttle or LoginThrottle(config.throttle, store)
         self.mfa = SecondFactor(config, store, clock)
         # name and address -> until when their throttled attempts are audited
         self._reported: dict[str, float] = {}
@@ -161,11 +165,14 @@ class SessionService:
 
     # -- start -----------------------------------------------------------
     async def start(self, user: User, *, remember: bool, ip: str, user_agent: str,
-                    make_room: bool = False, mfa: Checked | None = None) -> Session:
+                    make_room: bool = False, mfa: Checked | None = None,
+                    renewing: Session | None = None) -> Session:
         """A brand-new session. At ``session.max_per_user`` the least recently
         active session ends in the same step, or, with ``on_limit: refuse``,
         AtCapacity is raised and nothing is saved (``make_room``: the user
-        asked to end the least recently active one anyway)."""
+        asked to end the least recently active one anyway). ``renewing``: a
+        session verified further (the second factor), which the new one
+        replaces with a new id but the same limits and sign-in."""
         s = self.config.session
         now = self.clock()
         session = Session(
@@ -175,6 +182,12 @@ class SessionService:
             idle_timeout=s.remember_me_idle_timeout if remember else s.idle_timeout,
             remember=remember, login_ip=ip, login_user_agent=user_agent[:512],
             ip=ip, user_agent=user_agent[:512], mfa=mfa is not None)
+        if renewing is not None:
+            session = replace(session, expires_at=renewing.expires_at,
+                              idle_timeout=renewing.idle_timeout, remember=renewing.remember,
+                              login_ip=renewing.login_ip,
+                              login_user_agent=renewing.login_user_agent,
+                              authenticated_at=renewing.authenticated_at or renewing.created_at)
         refuse = s.on_limit == "refuse" and not make_room
         evicted = await self.store.create(session, s.max_per_user, s.history, refuse=refuse)
         self.events.emit(SessionEvent(STARTED, session, now, actor=user.key,
@@ -256,7 +269,7 @@ class SessionService:
         if secret is None:
             return None             # reset meanwhile: from the start again
         checked = await self._code(user, secret, otp, ip, user_agent, device)
-        if await self.mfa.release(pid) is None:
+        if await self.mfa.release(pid, "login") is None:
             return None             # another request finished it first
         codes = held.get("c")
         if enrolling:
@@ -274,8 +287,8 @@ class SessionService:
             again = {k: v for k, v in held.items() if k != "s"}
             if codes:
                 again["c"] = codes
-            await self.mfa.hold(again, pid)
-            raise AtCapacity(again) from None
+            await self.mfa.hold(again, "login", pid)
+            raise
         return None if begun is None else (*begun, codes)
 
     async def _begin(self, user: User, *, remember: bool, ip: str, user_agent: str,
@@ -292,22 +305,25 @@ class SessionService:
         return user, session
 
     async def _code(self, user: User, secret: str, code: str, ip: str, user_agent: str,
-                    device: str | None) -> Checked:
-        """Check a one-time code, throttled like a password; OtpInvalid if wrong."""
-        throttle = self.throttle
-        strikes = throttle.code_strikes(user.key, device) if throttle is not None else []
-        if throttle is not None:
-            wait = await throttle.attempt(strikes)
-            if wait > 0:
-                raise Throttled(wait)
+                    device: str | None, session: Session | None = None) -> Checked:
+        """Check a one-time code, throttled like a password: per account (or
+        device), or for a code sent within a ``session``, per session, so that
+        a stolen cookie cannot block its owner's sign-ins. OtpInvalid if wrong."""
+        throttle = self.code_throttle
+        if session is None:
+            strikes = throttle.code_strikes(user.key, device)
+        else:
+            from .security import fingerprint
+            strikes = throttle.session_strikes(user.key, fingerprint(session.id))
+        wait = await throttle.attempt(strikes)
+        if wait > 0:
+            raise Throttled(wait)
         checked = await self.mfa.check(user, secret, code)
         if checked is None:
             self._failed(user.key, "bad_otp", ip, user_agent)
-            if throttle is not None:
-                self._blocked(await throttle.failed(strikes))
+            self._blocked(await throttle.failed(strikes))
             raise OtpInvalid("wrong code")
-        if throttle is not None:
-            await throttle.succeeded(strikes)
+        await throttle.succeeded(strikes)
         if checked.method == "recovery":
             self.events.emit(SessionEvent(
                 MFA_RECOVERY_USED, None, self.clock(), actor=user.key, user=user.key, ip=ip,
@@ -316,53 +332,51 @@ class SessionService:
 
     # -- the second factor within a session (the /2fa page) ---------------------------
     async def enrol(self, identity: Identity, secret: str, code: str, *, ip: str,
-                    user_agent: str, device: str | None) -> list[str] | None:
-        """Confirm a new secret with its first code and save it; the session
-        then counts as signed in with it. The recovery codes, or None if the
-        user had a factor meanwhile. OtpInvalid and Throttled propagate."""
+                    user_agent: str) -> tuple[Identity, list[str]] | None:
+        """Confirm a new secret with its first code (the caller checked the
+        password) and save it; the session is renewed as verified (a new id:
+        a cookie copied before does not gain the factor). The new identity
+        and the recovery codes, or None if the user had a factor meanwhile.
+        OtpInvalid and Throttled propagate."""
         user = identity.user
-        await self._code(user, secret, code, ip, user_agent, device)
+        checked = await self._code(user, secret, code, ip, user_agent, None, identity.session)
         codes = await self.mfa.enrol(user, secret)
         if codes is None:
             return None
         self.events.emit(SessionEvent(MFA_ENROLLED, identity.session, self.clock(),
                                       actor=user.key))
-        await self._upgrade(identity)
-        return codes
+        return await self._renew(identity, checked, ip, user_agent), codes
 
-    async def step_up(self, identity: Identity, code: str, *, ip: str, user_agent: str,
-                      device: str | None) -> bool:
+    async def step_up(self, identity: Identity, code: str, *, ip: str,
+                      user_agent: str) -> Identity | None:
         """A code for a session signed in without one (before the user
-        enrolled, or with ``optional`` and no code asked): the session counts
-        as signed in with the second factor from now on. False if the user
-        has none; OtpInvalid and Throttled propagate."""
+        enrolled, or before a policy asked for it): the session is renewed
+        as verified, with a new id. None if the user has no factor;
+        OtpInvalid and Throttled propagate."""
         secret = await self.mfa.secret_of(identity.user)
         if secret is None:
-            return False
-        await self._code(identity.user, secret, code, ip, user_agent, device)
-        return await self._upgrade(identity)
+            return None
+        checked = await self._code(identity.user, secret, code, ip, user_agent, None,
+                                   identity.session)
+        return await self._renew(identity, checked, ip, user_agent)
 
-    async def _upgrade(self, identity: Identity) -> bool:
-        now = self.clock()
-        changes = {"mfa": True, "authenticated_at": now}
-        self.cache.drop(identity.session.id)
-        touched = replace(identity.session, **changes)
-        if not await self.store.touch(touched, changes):
-            return False            # the session ended meanwhile
-        identity.session = touched
-        return True
+    async def _renew(self, identity: Identity, checked: Checked, ip: str,
+                     user_agent: str) -> Identity:
+        """The session again as verified: a new id, the same limits; the old
+        one ends first (so it frees its place under the cap)."""
+        old = identity.session
+        await self.end(old.username, old.id, LOGOUT, actor=old.username)
+        session = await self.start(identity.user, remember=old.remember, ip=ip,
+                                   user_agent=user_agent, make_room=True, mfa=checked,
+                                   renewing=old)
+        return Identity(identity.user, session)
 
-    async def has_mfa(self, identity: Identity) -> bool:
-        """Whether the session was signed in with a second factor. Asked only
-        where a rule demands one; a session upgraded on another worker may be
-        cached here without the mark, so a "no" is checked in the store."""
-        if identity.session.mfa:
-            return True
-        fresh = await self.store.get(identity.session.username, identity.session.id)
-        if fresh is None or not fresh.mfa:
-            return False
-        self.cache.drop(fresh.id)
-        return True
+    def lacks_mfa(self, identity: Identity) -> bool:
+        """Whether the policy (``required``, ``required_for_roles``) demands a
+        second factor of this user that the session was not verified with:
+        checked on every request, so a role granted or a policy turned on
+        later applies to sessions already running."""
+        return not identity.session.mfa and self.mfa.required(identity.user)
 
     def _refused(self, typed: str, ip: str, user_agent: str, wait: float) -> None:
         """A throttled attempt costs its sender nothing, so it is audited once

@@ -79,6 +79,8 @@ class SecondFactor:
                  clock: Callable[[], float]) -> None:
         self.policy = config.mfa.totp
         self.roles = frozenset(config.mfa.required_for_roles)
+        # Whether the policy ever demands a factor (asked on every request).
+        self._demands = self.policy == "required" or self.enabled and bool(self.roles)
         self.issuer = config.mfa.issuer or urlsplit(config.public_url).hostname or "gateway"
         self.store = store
         self.clock = clock
@@ -92,8 +94,8 @@ class SecondFactor:
 
     def required(self, user: User) -> bool:
         """Whether the user must have a second factor (and enrol at sign-in if not)."""
-        return self.policy == "required" or (
-            self.enabled and not self.roles.isdisjoint(user.roles))
+        return self._demands and (self.policy == "required"
+                                  or not self.roles.isdisjoint(user.roles))
 
     async def secret_of(self, user: User) -> str | None:
         """The user's TOTP secret: the operator's, else the enrolled one; None
@@ -112,7 +114,7 @@ class SecondFactor:
     async def check(self, user: User, secret: str, code: str) -> Checked | None:
         """Accept a TOTP code (once per step) or a recovery code (once)."""
         typed = _normalise_code(code)[:64]
-        if typed.isdigit():
+        if typed.isdigit() and len(typed) == DIGITS:
             step = self.matching_step(secret, typed)
             if step is not None and await self.store.mfa_use_step(user.key, step, PENDING_FOR):
                 return Checked("totp")
@@ -147,8 +149,11 @@ class SecondFactor:
         or None if they had a factor already."""
         if user.totp_secret:
             return None
-        codes = ["".join(secrets.choice(_ALPHABET) for _ in range(_CODE_LENGTH))
-                 for _ in range(RECOVERY_CODES)]
+        codes: list[str] = []
+        while len(codes) < RECOVERY_CODES:
+            made = "".join(secrets.choice(_ALPHABET) for _ in range(_CODE_LENGTH))
+            if not made.isdigit() and made not in codes:     # six digits are a TOTP code
+                codes.append(made)
         saved = await self.store.mfa_enrol(
             user.key, self._encrypt(user.key, secret),
             [self._digest(user.key, c) for c in codes], self.clock())
@@ -158,31 +163,36 @@ class SecondFactor:
         return await self.store.mfa_reset(username)
 
     # -- a sign-in waiting for its code ---------------------------------------------
-    async def hold(self, data: dict[str, Any], pid: str | None = None) -> str:
-        """Keep ``data`` (JSON-able) for PENDING_FOR seconds; its random id
-        (``pid``: under that one again)."""
+    async def hold(self, data: dict[str, Any], purpose: str, pid: str | None = None) -> str:
+        """Keep ``data`` (JSON-able) for ``purpose`` ("login": a sign-in
+        waiting for its code; "enrol": a secret being enrolled) until its
+        ``exp``, at most PENDING_FOR seconds from now; its random id (``pid``:
+        under that one again, keeping its ``exp``)."""
         pid = pid or secrets.token_urlsafe(32)
         # The end is sealed in too: the store's TTL only collects the garbage.
-        sealed = self._seal(self._pending, pid, json.dumps(
-            {**data, "exp": self.clock() + PENDING_FOR}))
-        await self.store.hold(f"login:{pid}", sealed, PENDING_FOR)
+        now = self.clock()
+        exp = min(float(data.get("exp", now + PENDING_FOR)), now + PENDING_FOR)
+        sealed = self._seal(self._pending, f"{purpose}:{pid}", json.dumps({**data, "exp": exp}))
+        await self.store.hold(f"{purpose}:{pid}", sealed, max(1.0, exp - now))
         return pid
 
-    async def held(self, pid: str) -> dict[str, Any] | None:
-        return self._unseal_pending(pid, await self.store.held(f"login:{pid}"))
+    async def held(self, pid: str, purpose: str) -> dict[str, Any] | None:
+        return self._unseal_pending(f"{purpose}:{pid}",
+                                    await self.store.held(f"{purpose}:{pid}"))
 
-    async def release(self, pid: str) -> dict[str, Any] | None:
-        """The held sign-in, forgotten in the same step: it finishes once."""
-        return self._unseal_pending(pid, await self.store.release(f"login:{pid}"))
+    async def release(self, pid: str, purpose: str) -> dict[str, Any] | None:
+        """The held value, forgotten in the same step: it is used once."""
+        return self._unseal_pending(f"{purpose}:{pid}",
+                                    await self.store.release(f"{purpose}:{pid}"))
 
-    def _unseal_pending(self, pid: str, sealed: str | None) -> dict[str, Any] | None:
+    def _unseal_pending(self, bound_to: str, sealed: str | None) -> dict[str, Any] | None:
         if sealed is None:
             return None
         try:
-            data = json.loads(self._unseal(self._pending, pid, sealed))
+            data = json.loads(self._unseal(self._pending, bound_to, sealed))
         except (InvalidTag, ValueError):
             return None
-        exp = data.pop("exp", None) if isinstance(data, dict) else None
+        exp = data.get("exp") if isinstance(data, dict) else None
         if not isinstance(exp, (int, float)) or exp <= self.clock():
             return None
         return data

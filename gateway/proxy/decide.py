@@ -114,14 +114,12 @@ async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip:
     if missing_roles(upstream, path, roles) or (
             servlet_path is not path and missing_roles(upstream, servlet_path, roles)):
         return _NO_ROLE
-    # ...and a second factor when a rule asks for it.
-    if upstream.mfa_rules and any(needs_mfa(upstream, p) for p in judged):
-        try:
-            verified = await gw.sessions.has_mfa(identity)
-        except StoreUnavailable:
-            return _STORE_DOWN
-        if not verified:
-            return Refusal(403, "FORBIDDEN", "This page needs two-step verification.",
-                           link=("Verify with your one-time code", f"{config.prefix}/2fa?"
-                                 + urlencode({"rd": raw_path})))
+    # ...and a session verified with a second factor when a rule or the
+    # policy asks for one (renewed with a new id when verified: never stale).
+    if not identity.session.mfa and (
+            upstream.mfa_rules and any(needs_mfa(upstream, p) for p in judged)
+            or gw.sessions.lacks_mfa(identity)):
+        return Refusal(403, "FORBIDDEN", "This page needs two-step verification.",
+                       link=("Continue to two-step verification", f"{config.prefix}/2fa?"
+                             + urlencode({"rd": raw_path})))
     return Decision(upstream, encoded_path, identity, token, judged)

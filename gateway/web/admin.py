@@ -60,7 +60,14 @@ async def admin_identity(request: web.Request, gw: Gateway) -> Identity | web.Re
         return identity
     if not set(identity.user.roles) & set(gw.config.admin.roles):
         return _not_admin()
+    if gw.sessions.lacks_mfa(identity):
+        return _unverified(gw)
     return identity
+
+
+def _unverified(gw: Gateway) -> web.Response:
+    return json_error(403, "FORBIDDEN", f"This needs a session verified with two-step "
+                                        f"verification ({gw.config.prefix}/2fa).")
 
 
 def _limit(request: web.Request, default: int = 50) -> int | web.Response:
@@ -167,6 +174,8 @@ async def _change(request: web.Request, destructive: bool) -> tuple[Gateway, Ide
     gw, identity, password = checked
     if not set(identity.user.roles) & set(gw.config.admin.roles):
         return _not_admin()
+    if gw.sessions.lacks_mfa(identity):
+        return _unverified(gw)
     if destructive and (refusal := await _reauth_refusal(gw, identity, password)) is not None:
         return refusal
     return gw, identity

@@ -43,6 +43,11 @@ async def _admin(request: web.Request) -> Identity | web.StreamResponse:
         return see_other(f"{gw.config.prefix}/login?rd={gw.config.prefix}/admin")
     if not set(identity.user.roles) & set(gw.config.admin.roles):
         return error_response(request, 403, "FORBIDDEN", "This needs an administrator's role.")
+    if gw.sessions.lacks_mfa(identity):
+        return error_response(request, 403, "FORBIDDEN", "This page needs two-step "
+                              "verification.", link=("Continue to two-step verification",
+                                                     f"{gw.config.prefix}/2fa?rd="
+                                                     f"{gw.config.prefix}/admin"))
     return identity
 
 

@@ -140,7 +140,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         if exc.enrol:
             held["s"] = gw.sessions.mfa.new_secret()
         try:
-            pid = await gw.sessions.mfa.hold(held)
+            pid = await gw.sessions.mfa.hold(held, "login")
         except StoreUnavailable:
             return store_unavailable(request)
         (await get_session(request))[PENDING] = pid
@@ -192,7 +192,7 @@ async def _code_submit(request: web.Request, gw: Gateway, otp: str, rd: str,
     pid = form_state.get(PENDING)
     ip, agent = client_of(request, gw)
     try:
-        held = await gw.sessions.mfa.held(pid) if isinstance(pid, str) else None
+        held = await gw.sessions.mfa.held(pid, "login") if isinstance(pid, str) else None
         if held is None:
             return await login_page(request, status=401, rd=rd, error=TOO_LATE)
         device = gw.devices.device_for(request.cookies.get(gw.config.device_cookie_name),
@@ -211,8 +211,9 @@ async def _code_submit(request: web.Request, gw: Gateway, otp: str, rd: str,
                                       f"{_wait_text(exc.retry_after)}.")
         page.headers.update(throttled_headers(exc.retry_after))
         return page
-    except AtCapacity as exc:
-        return await _code_page(request, gw, exc.args[0] if exc.args else held, rd,
+    except AtCapacity:
+        # Held again, enrolled: the next code, with room made, finishes it.
+        return await _code_page(request, gw, {k: v for k, v in held.items() if k != "s"}, rd,
                                 status=409, error=MESSAGES["SESSION_LIMIT"], at_capacity=True)
     if finished is None:
         return await login_page(request, status=401, rd=rd, error=TOO_LATE)
