@@ -319,6 +319,16 @@ async def test_a_session_verified_on_the_page_passes_the_rule(upstream, make_con
     assert session_cookie(client) != before
     r = await send(client, "GET", "/billing", token=before)
     assert (r.status, r.json()["error"]) == (401, "SESSION_REVOKED")
+    # The same sign-in went on: one session, its start kept; audited as a renewal.
+    (now,) = await my_sessions(client)
+    r = await client.get("/_gateway/api/sessions")
+    (old,) = (await r.json())["ended"]
+    assert now["created_at"] == old["created_at"] and old["reason"] == "renewed"
+    gw = client.app[GATEWAY]
+    await gw.audit.flush()
+    records = [e for _, e in await gw.store.audit_page(None, 20)]
+    assert [e["type"] for e in records][:2] == ["login.success", "session.renewed"]
+    assert records[0]["details"] == {"mfa": "totp", "renewed": records[1]["session"]}
 
 
 def test_rules_and_policy_are_checked_in_the_config(make_config):
@@ -563,3 +573,38 @@ async def test_the_page_answers_503_while_the_store_is_down(redis_factory, upstr
         "password": "admin-pw"})
     assert r.status == 503
     assert (await client.get("/_gateway/2fa")).status == 503
+
+
+async def test_a_right_password_does_not_reset_the_count_of_wrong_codes(start, clock):
+    client = await start(users=USERS)
+    await form_login(client)
+    gw = client.app[GATEWAY]
+    await gw.store.mfa_enrol("alice", gw.sessions.mfa._encrypt("alice", SECRET), [], clock())
+    page = await (await client.get("/_gateway/2fa")).text()
+
+    async def verify(otp: str) -> Any:
+        return await client.post("/_gateway/2fa", allow_redirects=False, data={
+            "csrf_token": csrf_of(page), "action": "verify", "otp": otp, "rd": ""})
+    for _ in range(4):
+        assert (await verify("000001")).status == 401
+    sessions = await (await client.get("/_gateway/sessions")).text()
+    r = await client.post("/_gateway/sessions", data={
+        "csrf_token": csrf_of(sessions), "action": "confirm", "password": "alice-pw"})
+    assert r.status == 200
+    assert (await verify("000001")).status == 401
+    assert (await verify(code(SECRET, clock))).status == 429
+
+
+async def test_a_session_ended_while_it_is_verified_is_not_renewed(start, clock):
+    from gateway.auth.sessions import AuthError
+    client = await start()
+    gw = client.app[GATEWAY]
+    user = gw.users.get("alice")
+    session = await gw.sessions.start(user, remember=False, ip="198.51.100.7", user_agent="ua")
+    identity = await gw.sessions.authenticate(gw.sessions.tokens.issue(session),
+                                              ip="198.51.100.7", user_agent="ua")
+    await gw.sessions.lock("alice", "admin:admin")         # lands mid-way
+    with pytest.raises(AuthError):
+        await gw.sessions.step_up(identity, code(SECRET, clock), ip="198.51.100.7",
+                                  user_agent="ua")
+    assert await gw.store.user_sessions("alice") == []

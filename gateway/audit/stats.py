@@ -76,7 +76,7 @@ def tally(events: Iterable[SessionEvent], device_of: Callable[[str], Device]) ->
         counts.add.setdefault(key, Counter())[name] += 1
     for event in events:
         session = event.session
-        if event.type == STARTED and session is not None:
+        if event.type == STARTED and session is not None and "renewed" not in event.details:
             add(hour_key(event.at), "logins")
             device = device_of(session.user_agent)
             day = day_key("d", event.at)
@@ -88,7 +88,7 @@ def tally(events: Iterable[SessionEvent], device_of: Callable[[str], Device]) ->
             add(hour_key(event.at), "failures")
             if event.ip:
                 counts.rank.setdefault(day_key("f", event.at), Counter())[event.ip] += 1
-        elif event.type == ENDED and session is not None:
+        elif event.type == ENDED and session is not None and event.reason != "renewed":
             # An expiry is noticed later than it happened: count to its end.
             end = min(event.at, session.idle_expires_at) if event.status == EXPIRED \
                 else event.at

@@ -45,7 +45,7 @@ BATCH = 500
 
 # session.ended, by the Ending's reason.
 _ENDED_AS = {"logout": "logout", "idle": "session.expired", "absolute": "session.expired",
-             "session_limit": "session.evicted"}
+             "session_limit": "session.evicted", "renewed": "session.renewed"}
 _SEVERITY = {"login.failure": "warning", "session.revoked": "notice",
              "session.evicted": "notice", "user.logged_out_by_admin": "notice",
              "user.locked": "warning", "user.unlocked": "notice",

@@ -30,9 +30,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
-                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED, AtCapacity, Block,
-                     Ending, Session, SessionStore, StoreUnavailable, end_if_cancelled)
+from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, RENEWED, REVOKED_BY_ADMIN,
+                     REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED,
+                     AtCapacity, Block, Ending, Session, SessionStore, StoreUnavailable, end_if_cancelled)
 from .cache import SessionCache
 from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, MFA_ENROLLED, MFA_RECOVERY_USED,
                      SIGN_IN_FAILED, STARTED, THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
@@ -185,16 +185,19 @@ class SessionService:
         if renewing is not None:
             session = replace(session, expires_at=renewing.expires_at,
                               idle_timeout=renewing.idle_timeout, remember=renewing.remember,
-                              login_ip=renewing.login_ip,
+                              created_at=renewing.created_at, login_ip=renewing.login_ip,
                               login_user_agent=renewing.login_user_agent,
                               authenticated_at=renewing.authenticated_at or renewing.created_at)
         refuse = s.on_limit == "refuse" and not make_room
         evicted = await self.store.create(session, s.max_per_user, s.history, refuse=refuse)
-        self.events.emit(SessionEvent(STARTED, session, now, actor=user.key,
-                                      details={"mfa": mfa.method} if mfa else {}))
+        details = {"mfa": mfa.method} if mfa else {}
+        if renewing is not None:
+            from .security import fingerprint
+            details["renewed"] = fingerprint(renewing.id)
+        self.events.emit(SessionEvent(STARTED, session, now, actor=user.key, details=details))
         for old in evicted:
             self._ended(old, SESSION_LIMIT, SYSTEM, now)
-        if self.watch is not None:
+        if self.watch is not None and renewing is None:     # the same sign-in, renewed
             try:
                 await self.watch.at_sign_in(session)
             except StoreUnavailable as exc:
@@ -314,7 +317,7 @@ class SessionService:
             strikes = throttle.code_strikes(user.key, device)
         else:
             from .security import fingerprint
-            strikes = throttle.session_strikes(user.key, fingerprint(session.id))
+            strikes = throttle.session_strikes(user.key, fingerprint(session.id), "code")
         wait = await throttle.attempt(strikes)
         if wait > 0:
             raise Throttled(wait)
@@ -332,12 +335,13 @@ class SessionService:
 
     # -- the second factor within a session (the /2fa page) ---------------------------
     async def enrol(self, identity: Identity, secret: str, code: str, *, ip: str,
-                    user_agent: str) -> tuple[Identity, list[str]] | None:
+                    user_agent: str) -> tuple[Identity | None, list[str]] | None:
         """Confirm a new secret with its first code (the caller checked the
         password) and save it; the session is renewed as verified (a new id:
         a cookie copied before does not gain the factor). The new identity
-        and the recovery codes, or None if the user had a factor meanwhile.
-        OtpInvalid and Throttled propagate."""
+        and the recovery codes (the identity None when the session could not
+        go on: ended meanwhile, or the store failed), or None if the user had
+        a factor meanwhile. OtpInvalid and Throttled propagate."""
         user = identity.user
         checked = await self._code(user, secret, code, ip, user_agent, None, identity.session)
         codes = await self.mfa.enrol(user, secret)
@@ -345,7 +349,10 @@ class SessionService:
             return None
         self.events.emit(SessionEvent(MFA_ENROLLED, identity.session, self.clock(),
                                       actor=user.key))
-        return await self._renew(identity, checked, ip, user_agent), codes
+        try:
+            return await self._renew(identity, checked, ip, user_agent), codes
+        except (AuthError, StoreUnavailable):
+            return None, codes      # enrolled, but signed out: the codes are shown still
 
     async def step_up(self, identity: Identity, code: str, *, ip: str,
                       user_agent: str) -> Identity | None:
@@ -363,12 +370,17 @@ class SessionService:
     async def _renew(self, identity: Identity, checked: Checked, ip: str,
                      user_agent: str) -> Identity:
         """The session again as verified: a new id, the same limits; the old
-        one ends first (so it frees its place under the cap)."""
+        one ends first (so it frees its place under the cap). AuthError if
+        it ended meanwhile (revoked, locked): nothing is renewed then."""
         old = identity.session
-        await self.end(old.username, old.id, LOGOUT, actor=old.username)
+        if not await self.end(old.username, old.id, RENEWED, actor=old.username):
+            raise AuthError(SESSION_REVOKED)
         session = await self.start(identity.user, remember=old.remember, ip=ip,
                                    user_agent=user_agent, make_room=True, mfa=checked,
                                    renewing=old)
+        if await self.store.is_locked(identity.user.key):      # as at sign-in
+            await self.end(session.username, session.id, USER_LOCKED, SYSTEM)
+            raise AuthError(SESSION_REVOKED)
         return Identity(identity.user, session)
 
     def lacks_mfa(self, identity: Identity) -> bool:

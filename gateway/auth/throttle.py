@@ -84,12 +84,15 @@ class LoginThrottle:
                 Strike(f"account:{tag}", c.account.failures, c.account.window,
                        c.account.block, {"kind": "account", "user": user})]
 
-    def session_strikes(self, username: str, session: str) -> list[Strike]:
-        """A password re-entered within a session (a fingerprint of it): that
-        session's own key with the pair's limits, wherever it comes from."""
+    def session_strikes(self, username: str, session: str,
+                        kind: str = "session") -> list[Strike]:
+        """A password (or, ``kind`` "code", a one-time code) sent within a
+        session (a fingerprint of it): that session's own key with the
+        pair's limits, wherever it comes from. Codes and passwords count
+        apart: a right password must not reset the count of wrong codes."""
         c = self.config
-        return [Strike(f"session:{session}", c.pair.failures, c.pair.window, c.pair.block,
-                       {"kind": "session", "user": canonical_username(username)[:128]})]
+        return [Strike(f"{kind}:{session}", c.pair.failures, c.pair.window, c.pair.block,
+                       {"kind": kind, "user": canonical_username(username)[:128]})]
 
     def code_strikes(self, username: str, device: str | None) -> list[Strike]:
         """A one-time code, after the right password: per account (whoever

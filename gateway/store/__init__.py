@@ -6,14 +6,15 @@ import time
 from collections.abc import Callable
 
 from ..config import SessionConfig
-from .base import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGGED_OUT, LOGOUT, REVOKED,
-                   REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED,
-                   AtCapacity, Block, Counts, CountsRead, EndedSession, Ending, Enrolment, Page,
-                   Session, SessionStore, StoreUnavailable, Strike, end_if_cancelled)
+from .base import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGGED_OUT, LOGOUT, RENEWED, REVOKED,
+                   REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED,
+                   USER_LOCKED, AtCapacity, Block, Counts, CountsRead, EndedSession, Ending,
+                   Enrolment, Page, Session, SessionStore, StoreUnavailable, Strike,
+                   end_if_cancelled)
 
 __all__ = ["create_store", "ABSOLUTE", "EXPIRED", "IDLE", "IP_CHANGED", "LOGGED_OUT", "LOGOUT",
            "REVOKED", "REVOKED_BY_ADMIN", "REVOKED_BY_USER", "SESSION_LIMIT", "UA_CHANGED",
-           "USER_DISABLED", "USER_LOCKED",
+           "USER_DISABLED", "USER_LOCKED", "RENEWED",
            "AtCapacity", "Block", "Counts", "CountsRead", "EndedSession", "Ending", "Enrolment", "Page",
            "Session", "SessionStore", "StoreUnavailable", "Strike", "end_if_cancelled"]
 

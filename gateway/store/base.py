@@ -55,6 +55,8 @@ REVOKED_BY_ADMIN = Ending(REVOKED, "revoked_by_admin")   # the admin console or 
 SESSION_LIMIT = Ending(REVOKED, "session_limit")
 USER_DISABLED = Ending(REVOKED, "user_disabled")          # disabled or removed in the users file
 USER_LOCKED = Ending(REVOKED, "user_locked")              # locked by an admin
+RENEWED = Ending(LOGGED_OUT, "renewed")                  # went on as a session verified
+                                                         # with a second factor (a new id)
 IP_CHANGED = Ending(REVOKED, "ip_changed")               # security_events.ip_changed: end
 UA_CHANGED = Ending(REVOKED, "ua_changed")               # security_events.ua_changed: end
 IDLE = Ending(EXPIRED, "idle")

@@ -32,9 +32,9 @@ from ..auth.sessions import AuthError, Identity, iso, session_times
 from ..auth.throttle import Throttled
 from ..errors import MESSAGES, json_error, json_response, store_unavailable, throttled_headers
 from ..state import Gateway
-from ..store import (ABSOLUTE, IDLE, IP_CHANGED, LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
-                     SESSION_LIMIT, UA_CHANGED, USER_DISABLED, EndedSession, Session,
-                     StoreUnavailable)
+from ..store import (ABSOLUTE, IDLE, IP_CHANGED, LOGOUT, RENEWED, REVOKED_BY_ADMIN,
+                     REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED, EndedSession,
+                     Session, StoreUnavailable)
 from .guards import (api_identity, csrf_ok, csrf_token, current_identity, gateway_of,
                      json_object, render, same_origin, see_other)
 
@@ -56,6 +56,7 @@ def reason_text(record: EndedSession) -> str:
     s = record.session
     return {
         LOGOUT.reason: "Signed out.",
+        RENEWED.reason: "Went on as a session verified with a one-time code.",
         REVOKED_BY_USER.reason: "Signed out from another device.",
         REVOKED_BY_ADMIN.reason: "Ended by an administrator.",
         SESSION_LIMIT.reason: "Ended by a newer sign-in (too many devices).",

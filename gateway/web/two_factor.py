@@ -134,6 +134,9 @@ async def _enrol(request: web.Request, gw: Gateway, identity: Identity, rd: str 
         return await _show(request, gw, identity, rd, status=409,
                            error="Two-step verification was set up meanwhile, elsewhere.")
     verified, codes = enrolled
+    if verified is None:     # enrolled, but the session could not go on: sign in again
+        return render("recovery_codes.html", prefix=gw.config.prefix, codes=codes,
+                      onward=f"{gw.config.prefix}/login")
     return _with_cookie(render("recovery_codes.html", prefix=gw.config.prefix, codes=codes,
                                onward=rd or f"{gw.config.prefix}/sessions"), gw, verified)
 
