@@ -8,7 +8,7 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
@@ -112,12 +112,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 async def _sessions(config: Config, args: argparse.Namespace) -> int:
-    from .store import REVOKED_BY_ADMIN, StoreUnavailable
-    tools = await _operator(config)
-    if tools is None:
-        return 1
-    store, service, audit = tools
-    try:
+    from .store import REVOKED_BY_ADMIN
+
+    async def act(store: Any, service: Any, audit: Any) -> int:
         if args.action == "list":
             print(f"{'ID':<44} {'USER':<20} {'CREATED':<20} {'LAST SEEN':<20} IP")
             async for s in _every_session(store, args.user):
@@ -130,25 +127,25 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
             found = await store.find(args.id)
             ended = int(bool(found and await service.end(found.username, found.id,
                                                          REVOKED_BY_ADMIN, "cli")))
-        print(f"revoked {ended} session{'s' if ended != 1 else ''}")
         await audit.flush()
-        return 0 if ended or args.user else 1
-    except StoreUnavailable:
-        print("session.redis.url: the session store is unreachable", file=sys.stderr)
-        return 1
-    finally:
-        audit.close()
-        await store.close()
+        if not ended:
+            print(f"{args.user!r} has no live sessions" if args.user else
+                  "no live session has that id", file=sys.stderr)
+            return 1
+        print(f"revoked {ended} session{'s' if ended != 1 else ''}")
+        return 0
+    return await _operator(config, act)
 
 
-async def _operator(config: Config) -> tuple[Any, Any, Any] | None:
-    """The store, the one session lifecycle of the running gateway (ended
-    records, the feed to every worker's cache, one event each; the actor is
-    the CLI) and an audit trail recording it like a worker's; None when
-    audit.file cannot be opened."""
+async def _operator(config: Config, act: Callable[[Any, Any, Any], Awaitable[int]]) -> int:
+    """Runs ``act(store, service, audit)`` with the store, the one session
+    lifecycle of the running gateway (ended records, the feed to every
+    worker's cache, one event each; the actor is the CLI) and an audit
+    trail recording it like a worker's; its exit code, or 1 when audit.file
+    cannot be opened or the store cannot be reached."""
     from .audit.trail import AuditTrail
     from .auth.sessions import SessionService
-    from .store import create_store
+    from .store import StoreUnavailable, create_store
     store = create_store(config.session)
     try:
         # audit.file "-" would mix the records into this command's output,
@@ -157,10 +154,17 @@ async def _operator(config: Config) -> tuple[Any, Any, Any] | None:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         await store.close()
-        return None
+        return 1
     service = SessionService(config, store, users=None, tokens=None, watch=False)
     service.events.subscribe(audit.record)
-    return store, service, audit
+    try:
+        return await act(store, service, audit)
+    except StoreUnavailable:
+        print("session.redis.url: the session store is unreachable", file=sys.stderr)
+        return 1
+    finally:
+        audit.close()
+        await store.close()
 
 
 def cmd_throttle(args: argparse.Namespace) -> int:
@@ -170,12 +174,9 @@ def cmd_throttle(args: argparse.Namespace) -> int:
 
 async def _throttle(config: Config, args: argparse.Namespace) -> int:
     from .auth.events import THROTTLE_CLEARED, SessionEvent
-    from .store import StoreUnavailable
-    tools = await _operator(config)
-    if tools is None:
-        return 1
-    store, service, audit = tools
-    try:
+    from .auth.throttle import address_key
+
+    async def act(store: Any, service: Any, audit: Any) -> int:
         blocks = await store.throttle_blocks()
         if args.action == "list":
             print(f"{'KIND':<8} {'USER':<24} {'IP':<40} UNTIL")
@@ -183,7 +184,6 @@ async def _throttle(config: Config, args: argparse.Namespace) -> int:
                 print(f"{b.info.get('kind', ''):<8} {b.info.get('user', '-'):<24} "
                       f"{b.info.get('ip', '-'):<40} {_when(b.until)}")
             return 0
-        from .auth.throttle import address_key
         user = canonical_username(args.user)[:128] if args.user else None
         ip = address_key(args.ip) if args.ip else None      # an IPv6 address: its /64
         chosen = [b.key for b in blocks if args.all or
@@ -197,12 +197,7 @@ async def _throttle(config: Config, args: argparse.Namespace) -> int:
             await audit.flush()
         print(f"lifted {lifted} block{'s' if lifted != 1 else ''}")
         return 0
-    except StoreUnavailable:
-        print("session.redis.url: the session store is unreachable", file=sys.stderr)
-        return 1
-    finally:
-        audit.close()
-        await store.close()
+    return await _operator(config, act)
 
 
 def cmd_totp(args: argparse.Namespace) -> int:
@@ -215,13 +210,9 @@ async def _totp_reset(config: Config, username: str) -> int:
     phone): they sign in with the password alone, or enrol again when the
     policy requires a factor. Their sessions go on."""
     from .auth.events import MFA_RESET, SessionEvent
-    from .store import StoreUnavailable
-    tools = await _operator(config)
-    if tools is None:
-        return 1
-    store, service, audit = tools
     user = canonical_username(username)
-    try:
+
+    async def act(store: Any, service: Any, audit: Any) -> int:
         if not await service.mfa.reset(user):
             print(f"{username!r} has no enrolled second factor (a totp_secret in the users "
                   "file is removed there)", file=sys.stderr)
@@ -231,12 +222,7 @@ async def _totp_reset(config: Config, username: str) -> int:
         print(f"removed the second factor and recovery codes of {username!r} (their sessions "
               f"go on: 'gateway sessions revoke --user {username}' ends them)")
         return 0
-    except StoreUnavailable:
-        print("session.redis.url: the session store is unreachable", file=sys.stderr)
-        return 1
-    finally:
-        audit.close()
-        await store.close()
+    return await _operator(config, act)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

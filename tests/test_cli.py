@@ -424,10 +424,15 @@ async def test_sessions_revoke_by_id_and_by_user(tmp_path: Path, redis_server: A
     path, made = await _sessions_in_redis(tmp_path, redis_server, 3)
     code, out, _ = await run_cli("sessions", "revoke", "--id", made[0].id, "--config", str(path))
     assert (code, out.strip()) == (0, "revoked 1 session")
-    code, out, _ = await run_cli("sessions", "revoke", "--id", made[0].id, "--config", str(path))
-    assert (code, out.strip()) == (1, "revoked 0 sessions")          # nothing matched
+    code, out, err = await run_cli("sessions", "revoke", "--id", made[0].id, "--config",
+                                   str(path))
+    assert (code, out, err.strip()) == (1, "", "no live session has that id")
     code, out, _ = await run_cli("sessions", "revoke", "--user", "alice", "--config", str(path))
     assert (code, out.strip()) == (0, "revoked 2 sessions")
+    # Nothing to revoke is an error either way, with a line that says so.
+    code, out, err = await run_cli("sessions", "revoke", "--user", "nobody", "--config",
+                                   str(path))
+    assert (code, out, err.strip()) == (1, "", "'nobody' has no live sessions")
     store = create_store(load_config(path).session)
     try:
         record = await store.ended("alice", made[0].id)
