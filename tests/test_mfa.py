@@ -370,13 +370,18 @@ def test_an_operator_secret_may_be_written_loosely(tmp_path: Path) -> None:
     assert SECRET not in repr(load_users_file(path)["alice"])
 
 
-async def test_enrolled_secrets_are_encrypted_and_bound_to_the_user(start, clock):
+async def enrolled_at_sign_in(start: Any, clock: Clock) -> tuple[Any, str, str]:
+    """Alice enrolled at sign-in (required): the client, her secret, as stored."""
     client = await start(users=USERS, mfa={"totp": "required"})
     step = await (await form_login(client)).text()
     secret = secret_on(step)
     await form_code(client, step, code(secret, clock))
+    return client, secret, (await client.app[GATEWAY].store.mfa_get("alice")).secret
+
+
+async def test_enrolled_secrets_are_encrypted_and_bound_to_the_user(start, clock):
+    client, secret, sealed = await enrolled_at_sign_in(start, clock)
     store = client.app[GATEWAY].store
-    sealed = (await store.mfa_get("alice")).secret
     assert secret not in sealed
     # Copied to another user, it does not decrypt: that user cannot sign in.
     await store.mfa_enrol("admin", sealed, [], clock())
@@ -385,12 +390,8 @@ async def test_enrolled_secrets_are_encrypted_and_bound_to_the_user(start, clock
 
 
 async def test_a_secret_that_no_longer_decrypts_fails_closed(start, clock, tmp_path):
-    client = await start(users=USERS, mfa={"totp": "required"})
-    step = await (await form_login(client)).text()
-    secret = secret_on(step)
-    await form_code(client, step, code(secret, clock))
+    client, secret, sealed = await enrolled_at_sign_in(start, clock)
     store = client.app[GATEWAY].store
-    sealed = (await store.mfa_get("alice")).secret
     # The same store under a gateway with another `secret`.
     other = await start(users=USERS, mfa={"totp": "required"}, secret="another-secret-" * 3)
     await other.app[GATEWAY].store.mfa_enrol("alice", sealed, [], clock())
@@ -460,6 +461,21 @@ async def test_a_full_session_cap_at_the_code_step_keeps_the_enrolment(start, cl
     assert "gateway_session" in r.cookies
 
 
+async def enrolled_after_sign_in(start: Any, clock: Clock) -> tuple[Any, Any]:
+    """Alice signed in, then enrolled elsewhere: a session /2fa can verify,
+    and a way to send it a code."""
+    client = await start(users=USERS)
+    await form_login(client)
+    gw = client.app[GATEWAY]
+    await gw.store.mfa_enrol("alice", gw.sessions.mfa._encrypt("alice", SECRET), [], clock())
+    page = await (await client.get("/_gateway/2fa")).text()
+
+    async def verify(otp: str) -> Any:
+        return await client.post("/_gateway/2fa", allow_redirects=False, data={
+            "csrf_token": csrf_of(page), "action": "verify", "otp": otp, "rd": ""})
+    return client, verify
+
+
 # -- what the review found ---------------------------------------------------------------
 
 async def test_a_policy_or_role_applies_to_sessions_already_running(start, tmp_path, clock):
@@ -490,15 +506,7 @@ async def test_codes_are_throttled_even_with_throttling_off(start, clock):
 
 
 async def test_a_stolen_cookie_cannot_block_its_owner_at_the_code_step(start, clock):
-    client = await start(users=USERS)
-    await form_login(client)                        # a session from before her secret
-    await client.app[GATEWAY].store.mfa_enrol(
-        "alice", client.app[GATEWAY].sessions.mfa._encrypt("alice", SECRET), [], clock())
-    page = await (await client.get("/_gateway/2fa")).text()
-
-    async def verify(otp: str) -> Any:
-        return await client.post("/_gateway/2fa", allow_redirects=False, data={
-            "csrf_token": csrf_of(page), "action": "verify", "otp": otp, "rd": ""})
+    client, verify = await enrolled_after_sign_in(start, clock)
     for _ in range(5):
         assert (await verify("000001")).status == 401
     r = await verify(code(SECRET, clock))
@@ -576,15 +584,7 @@ async def test_the_page_answers_503_while_the_store_is_down(redis_factory, upstr
 
 
 async def test_a_right_password_does_not_reset_the_count_of_wrong_codes(start, clock):
-    client = await start(users=USERS)
-    await form_login(client)
-    gw = client.app[GATEWAY]
-    await gw.store.mfa_enrol("alice", gw.sessions.mfa._encrypt("alice", SECRET), [], clock())
-    page = await (await client.get("/_gateway/2fa")).text()
-
-    async def verify(otp: str) -> Any:
-        return await client.post("/_gateway/2fa", allow_redirects=False, data={
-            "csrf_token": csrf_of(page), "action": "verify", "otp": otp, "rd": ""})
+    client, verify = await enrolled_after_sign_in(start, clock)
     for _ in range(4):
         assert (await verify("000001")).status == 401
     sessions = await (await client.get("/_gateway/sessions")).text()
