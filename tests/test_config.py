@@ -57,8 +57,6 @@ BAD = [
     ({"public_url": DROP}, ["public_url: is required"]),
     ({"users": DROP}, ["users.file: is required"]),
     ({"users": {"file": DROP}}, ["users.file: is required"]),
-    ({"upstreams": DROP}, ["upstreams: must list at least one upstream"]),
-    ({"upstreams": []}, ["upstreams: must list at least one upstream"]),
     ({"upstreams": [{"url": "http://127.0.0.1:9"}]}, ["upstreams[0].name: is required"]),
     ({"upstreams": [{"name": "app"}]}, ["upstreams[0].url: is required"]),
     # unknown keys, top level and nested
@@ -166,8 +164,7 @@ BAD = [
      ["upstreams[0].path_prefix: must be a path starting with '/' (got 'api')"]),
     ({"upstreams": [up(strip_prefix="yes")]},
      ["upstreams[0].strip_prefix: must be true or false (got 'yes')"]),
-    ({"upstreams": {"name": "app"}}, ["upstreams: must be a list (got {'name': 'app'})",
-                                      "upstreams: must list at least one upstream"]),
+    ({"upstreams": {"name": "app"}}, ["upstreams: must be a list (got {'name': 'app'})"]),
     ({"trusted_proxies": ["10.0.0.0/8", "not-an-ip"]},
      ["trusted_proxies: not an IP address or network: 'not-an-ip' does not appear to be "
       "an IPv4 or IPv6 network (got ['10.0.0.0/8', 'not-an-ip'])"]),
@@ -189,8 +186,7 @@ def test_not_a_mapping_at_top_level(tmp_path: Path) -> None:
 
 def test_empty_document_lists_every_required_key(tmp_path: Path) -> None:
     assert sorted(problems_of(None, tmp_path)) == sorted([
-        "secret: is required", "users.file: is required",
-        "upstreams: must list at least one upstream", "public_url: is required"])
+        "secret: is required", "users.file: is required", "public_url: is required"])
 
 
 def test_all_problems_reported_together(tmp_path: Path) -> None:
@@ -436,3 +432,30 @@ def test_good_redis_urls(url: str, tmp_path: Path) -> None:
 def test_bad_redis_urls(url: str, tmp_path: Path) -> None:
     assert problems_of(merged({"session": {"redis": {"url": url}}}), tmp_path) == [
         f"session.redis.url: must be a redis or rediss or unix URL with a host (got {url!r})"]
+
+
+@pytest.mark.parametrize("upstreams", [DROP, []])
+def test_an_auth_only_config_needs_no_upstreams(upstreams: Any, tmp_path: Path) -> None:
+    config = build_config(merged({"upstreams": upstreams}), base_dir=tmp_path, env={})
+    assert config.upstreams == ()
+
+
+@pytest.mark.parametrize("domain, problem", [
+    ("https://example.com", "cookie.domain: must be a domain name such as example.com (no "
+                            "scheme, port or path) (got 'https://example.com')"),
+    ("com", "cookie.domain: must be a domain name such as example.com (no scheme, port or "
+            "path) (got 'com')"),
+    ("other.org", "cookie.domain: 'other.org' does not contain public_url's host "
+                  "'127.0.0.1', so browsers would refuse the cookie"),
+])
+def test_a_cookie_domain_must_fit_the_public_url(domain: str, problem: str,
+                                                 tmp_path: Path) -> None:
+    assert problems_of(merged({"cookie": {"domain": domain}}), tmp_path) == [problem]
+
+
+def test_a_cookie_domain_drops_the_host_prefix(tmp_path: Path) -> None:
+    config = build_config(merged({"public_url": "https://auth.example.com",
+                                  "cookie": {"domain": ".Example.com"}}),
+                          base_dir=tmp_path, env={})
+    assert (config.cookie.domain, config.cookie_name) == ("example.com",
+                                                          "__Secure-gateway_session")

@@ -1,7 +1,8 @@
 """The gateway's cookies as the browser sees them.
 
 The session cookie is HttpOnly, SameSite=Lax, Path=/, Secure (with the
-``__Host-`` name) on https, and persistent only with "remember me". The
+``__Host-`` name, or ``__Secure-`` when ``cookie.domain`` shares it with
+sibling hosts) on https, and persistent only with "remember me". The
 notice cookie tells the login page, once, why the user has to sign in again.
 The device cookie remembers which accounts this browser signed in as, which
 exempts it from their per-account throttle block (throttle.py).
@@ -29,12 +30,13 @@ NOTICE_COOKIE = "gateway_notice"
 def set_session_cookie(response: web.StreamResponse, config: Config, token: str,
                        max_age: int | None) -> None:
     response.set_cookie(config.cookie_name, token, path="/", max_age=max_age, httponly=True,
-                        samesite="Lax", secure=config.secure_cookies)
+                        samesite="Lax", secure=config.secure_cookies,
+                        domain=config.cookie.domain)
 
 
 def clear_session_cookie(response: web.StreamResponse, config: Config) -> None:
     response.del_cookie(config.cookie_name, path="/", httponly=True, samesite="Lax",
-                        secure=config.secure_cookies)
+                        secure=config.secure_cookies, domain=config.cookie.domain)
 
 
 def set_notice(response: web.StreamResponse, config: Config, notice: str) -> None:

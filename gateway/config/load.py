@@ -15,6 +15,7 @@ import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -193,6 +194,10 @@ def build_config(data: Any, base_dir: Path = Path("."),
                                              for c in rule.name):
             problems.append(f"rate_limits[{i}].name: letters, digits, '-', '_' and '.' only "
                             f"(it names the RateLimit-Policy), got {rule.name!r}")
+    domain, host = config.cookie.domain, urlsplit(config.public_url or "").hostname or ""
+    if domain and host != domain and not host.endswith("." + domain):
+        problems.append(f"cookie.domain: {domain!r} does not contain public_url's host "
+                        f"{host!r}, so browsers would refuse the cookie")
     if session.store == "memory" and config.workers > 1:
         problems.append("workers: the memory session store is per process; "
                         "use session.store: redis with more than one worker")

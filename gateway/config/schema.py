@@ -187,6 +187,14 @@ class RateLimitRule:
 
 
 @dataclass(frozen=True)
+class CookieConfig:
+    # The session cookie's Domain, to share it with sibling hosts (forward-
+    # auth in front of app.example.com and wiki.example.com: example.com).
+    # null: this host only (then __Host- on https).
+    domain: str | None = key(None, v.cookie_domain)
+
+
+@dataclass(frozen=True)
 class SecurityHeaders:
     # Strict-Transport-Security on the gateway's own answers when public_url
     # is https (0: none); includeSubDomains only when asked, since it binds
@@ -261,6 +269,7 @@ class Config:
     log_level: str = key("info", v.one_of(*v.LOG_LEVELS))
     access_log: bool = key(False, v.boolean)
     session: SessionConfig = section(SessionConfig)
+    cookie: CookieConfig = section(CookieConfig)
     security_events: SecurityEvents = section(SecurityEvents)
     admin: AdminConfig = section(AdminConfig)
     security_headers: SecurityHeaders = section(SecurityHeaders)
@@ -273,7 +282,8 @@ class Config:
     headers: IdentityHeaders = section(IdentityHeaders)
     assertion: AssertionConfig = section(AssertionConfig)
     geoip: GeoIPConfig = section(GeoIPConfig)
-    upstreams: tuple[Upstream, ...] = items(Upstream, required=True)
+    # None at all: forward-auth only (web/forward_auth.py judges every host).
+    upstreams: tuple[Upstream, ...] = items(Upstream)
     # Not a key: the config file's folder, which relative paths resolve against.
     base_dir: Path = Path(".")
 
@@ -309,6 +319,9 @@ class Config:
 
     @property
     def cookie_name(self) -> str:
-        """``__Host-`` whenever the site is https: no Domain, Path=/, Secure."""
+        """``__Host-`` whenever the site is https (no Domain, Path=/, Secure);
+        with ``cookie.domain``, which ``__Host-`` forbids, ``__Secure-``."""
         name = self.session.cookie_name
-        return f"__Host-{name}" if self.secure_cookies else name
+        if not self.secure_cookies:
+            return name
+        return f"__Secure-{name}" if self.cookie.domain else f"__Host-{name}"

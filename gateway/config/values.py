@@ -126,6 +126,20 @@ def str_list(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def cookie_domain(v: Any) -> str | None:
+    """A cookie's Domain: a host name without scheme, port or leading dot."""
+    if v is None:
+        return None
+    text = string(v).strip().lower().lstrip(".")
+    labels = text.split(".")
+    if len(labels) < 2 or not all(
+            label and len(label) <= 63 and all(c.isalnum() or c == "-" for c in label)
+            and not label.startswith("-") and not label.endswith("-") for label in labels):
+        raise ValueError("must be a domain name such as example.com (no scheme, port or "
+                         "path)")
+    return text
+
+
 def lowercase_list(v: Any) -> tuple[str, ...]:
     return tuple(item.lower() for item in str_list(v))
 

@@ -71,9 +71,12 @@ _NO_ROLE = Refusal(403, "FORBIDDEN", "Your account does not have access to this 
 
 
 async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip: str,
-                 user_agent: str, activity: bool = True) -> Decision | Refusal:
+                 user_agent: str, activity: bool = True,
+                 fallback: Upstream | None = None) -> Decision | Refusal:
     """``activity``: whether this request counts as the person being active
-    (see ``counts_as_activity``); only then may it extend the session."""
+    (see ``counts_as_activity``); only then may it extend the session.
+    ``fallback``: the upstream that judges a request no upstream serves
+    (forward-auth's, with no public paths and no rules), else 404."""
     config = gw.config
     # One canonical path: what is judged below is exactly what is forwarded.
     try:
@@ -83,7 +86,7 @@ async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip:
 
     # The upstream that serves it. A path that only resolves into the
     # gateway's own prefix (``/x/../_gateway/...``) belongs to nobody.
-    upstream = gw.router.match(host, path)
+    upstream = gw.router.match(host, path) or fallback
     if upstream is None or has_prefix(path, config.prefix):
         return _NOT_FOUND
 

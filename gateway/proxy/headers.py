@@ -78,7 +78,7 @@ def client_ip(peer: str | None, headers: CIMultiDict[str], trusted: tuple) -> st
     """
     if not peer:
         return ""
-    if not _trusted(peer, trusted):
+    if not is_trusted(peer, trusted):
         return peer
     chain = [peer]
     for value in reversed(headers.getall("X-Forwarded-For", [])):
@@ -106,8 +106,9 @@ def valid_text(value: str) -> str:
     return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
 
 
-def _trusted(addr: str, trusted: tuple) -> bool:
-    if not trusted:
+def is_trusted(addr: str | None, trusted: tuple) -> bool:
+    """Whether a peer address is one of ``trusted_proxies``."""
+    if not trusted or not addr:
         return False
     try:
         ip = ipaddress.ip_address(addr)
@@ -138,7 +139,7 @@ def upstream_request_headers(
     only from a trusted proxy; ``identity`` is added.
     """
     dropped = connection_tokens(incoming)
-    from_trusted = _trusted(peer or "", trusted)
+    from_trusted = is_trusted(peer or "", trusted)
     never = _NOT_FORWARDED if from_trusted else _NOT_FORWARDED_UNTRUSTED
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():

@@ -14,6 +14,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from ..auth.tokens import derive_key
 from ..config import Config
 from ..errors import HTTP1, error_response, refuse_version
+from ..proxy import forward_auth
 from . import (admin, admin_page, login, machine, monitor, my_sessions, session_api,
                two_factor)
 from .guards import Handler
@@ -66,6 +67,9 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
         "/api/admin/stats": {"GET": admin.api_stats},
         "/monitor.js": {"GET": monitor.script},
         "/monitor/signed-in": {"GET": monitor.signed_in},
+        # Every method: nginx asks with the original request's.
+        "/auth": {m: forward_auth.check for m in ("GET", "POST", "PUT", "PATCH", "DELETE",
+                                                  "OPTIONS")},
         "/jwks.json": {"GET": machine.jwks},
         "/healthz": {"GET": machine.healthz},
         "/readyz": {"GET": machine.readyz},
