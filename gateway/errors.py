@@ -40,6 +40,7 @@ MESSAGES = {
     "STORE_UNAVAILABLE": "Sign-in is unavailable right now. Please try again shortly.",
     "UPSTREAM_UNAVAILABLE": "The application is not reachable right now.",
     "UPSTREAM_TIMEOUT": "The application did not answer in time.",
+    "WEBSOCKET_REFUSED": "The application refused this connection.",
 }
 # The codes whose message says which rule refused (see the module docstring).
 _SPECIFIC = frozenset({"BAD_REQUEST", "FORBIDDEN", "METHOD_NOT_ALLOWED"})

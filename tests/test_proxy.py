@@ -442,16 +442,16 @@ async def test_forwarded_headers_trusted_peer(upstream: Any, make_config: Any,
     assert seen["x-forwarded-host"] == ["public.example"]
 
 
-async def test_host_header_names_the_upstream(upstream: Any, make_config: Any,
-                                              gateway: Any) -> None:
+async def test_the_app_sees_the_client_s_host_unless_told_otherwise(
+        upstream: Any, make_config: Any, gateway: Any) -> None:
     client = await proxied(upstream, make_config, gateway)
     seen = seen_headers(await (await client.get("/host")).json())
-    assert seen["host"] == [f"127.0.0.1:{upstream.port}"]
+    assert seen["host"] == [f"127.0.0.1:{client.server.port}"]
     client = await proxied(upstream, make_config, gateway,
                            upstreams=[app_upstream(str(upstream.make_url("/")),
-                                                   preserve_host=True)])
+                                                   preserve_host=False)])
     seen = seen_headers(await (await client.get("/host")).json())
-    assert seen["host"] == [f"127.0.0.1:{client.server.port}"]
+    assert seen["host"] == [f"127.0.0.1:{upstream.port}"]
 
 
 async def test_big_cookie_header_works_and_oversized_headers_are_431(

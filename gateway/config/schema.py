@@ -54,7 +54,7 @@ class Upstream:
     path_prefix: str = key("/", v.path_prefix)
     host: str | None = key(None, v.optional_string)
     strip_prefix: bool = key(False, v.boolean)
-    preserve_host: bool = key(False, v.boolean)
+    preserve_host: bool = key(True, v.boolean)
     connect_timeout: float = key("5s", v.duration())
     timeout: float = key("60s", v.duration())
     public: tuple[str, ...] = key([], v.public_paths)

@@ -1,5 +1,8 @@
 """Relay a WebSocket: connect upstream first, then copy messages both ways.
 
+An upstream that refuses the upgrade (an app checking Origin answers 403)
+is heard: the client gets its status, not a 502 that blames the gateway.
+
 A socket opened with a session lives only as long as the session: it is
 re-checked every ``WS_RECHECK`` seconds (cheap while cached) and closed with
 1008 once the session has ended.
@@ -37,7 +40,8 @@ async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: U
                             headers: CIMultiDict[str], client: aiohttp.ClientSession,
                             still_valid: Callable[[], Awaitable[bool]] | None = None
                             ) -> web.StreamResponse:
-    """Connect upstream first (so a refusal is a 502), then relay both ways.
+    """Connect upstream first (so that its refusal is the answer), then relay
+    both ways.
 
     A socket opened with a session lives only as long as the session: it is
     re-checked every WS_RECHECK seconds and closed (1008) once it has ended.
@@ -54,7 +58,9 @@ async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: U
             max_msg_size=_WS_MAX_MESSAGE,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0))
     except aiohttp.WSServerHandshakeError as exc:
-        log.warning("upstream %s refused the websocket: %s", upstream.name, exc.status)
+        log.info("upstream %s refused a websocket with %s", upstream.name, exc.status)
+        if 400 <= exc.status <= 599:
+            return error_response(request, exc.status, "WEBSOCKET_REFUSED")
         return error_response(request, 502, "UPSTREAM_UNAVAILABLE")
     except asyncio.TimeoutError:
         return error_response(request, 504, "UPSTREAM_TIMEOUT")
