@@ -16,6 +16,8 @@ import math
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
 
+from .web.redirects import safe_redirect
+
 # One wording per error code, wherever it is answered.
 MESSAGES = {
     "BAD_REQUEST": "The request is malformed.",
@@ -42,6 +44,10 @@ MESSAGES = {
     "UPSTREAM_TIMEOUT": "The application did not answer in time.",
     "WEBSOCKET_REFUSED": "The application refused this connection.",
 }
+# The page's own style, and nothing else.
+_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+# Statuses after which the same request may work a little later.
+_TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 # The codes whose message says which rule refused (see the module docstring).
 _SPECIFIC = frozenset({"BAD_REQUEST", "FORBIDDEN", "METHOD_NOT_ALLOWED"})
 
@@ -59,9 +65,11 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{status} {title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#222}}
-h1{{font-size:1.4rem}}</style></head>
-<body><main><h1>{status} {title}</h1><p>{message}</p>{link}</main></body></html>
+<style>:root{{color-scheme:light dark}}
+body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#222;background:#fff}}
+h1{{font-size:1.4rem}} a{{color:#2557d6}} ul{{padding-left:1.2rem}}
+@media (prefers-color-scheme:dark){{body{{color:#eceef2;background:#15171a}} a{{color:#8ab0ff}}}}</style></head>
+<body><main><h1>{status} {title}</h1><p>{message}</p><ul>{links}</ul></main></body></html>
 """
 
 
@@ -136,14 +144,22 @@ def _error_body(code: str, message: str) -> bytes:
 def error_response(request: web.BaseRequest, status: int, code: str,
                    detail: str | None = None, headers: dict | None = None,
                    link: tuple[str, str] | None = None) -> web.Response:
-    """``{"error": code, "message": ...}`` or a one-paragraph HTML page, with
-    ``link`` (text, address) as the way onward."""
+    """``{"error": code, "message": ...}`` or a one-paragraph HTML page with
+    a way onward: ``link`` (text, address) if given, "Try again" when
+    trying again may help, and the home page."""
     headers = {"Cache-Control": "no-store", **(headers or {})}
     if wants_html(request):
-        onward = "" if link is None else \
-            f'<p><a href="{html.escape(link[1])}">{html.escape(link[0])}</a></p>'
+        links = [link] if link else []
+        if status in _TRANSIENT and request.method in ("GET", "HEAD") and \
+                safe_redirect(request.raw_path, "http://localhost", ()) == request.raw_path:
+            links.append(("Try again", request.raw_path))    # never "//elsewhere"
+        links.append(("Go to the home page", "/"))
         page = _PAGE.format(status=status, title=TITLES.get(status, "Error"),
-                            message=html.escape(message_for(code, detail)), link=onward)
+                            message=html.escape(message_for(code, detail)),
+                            links="".join(f'<li><a href="{html.escape(href)}">'
+                                          f'{html.escape(text)}</a></li>'
+                                          for text, href in links))
+        headers.setdefault("Content-Security-Policy", _PAGE_CSP)
         return web.Response(status=status, text=page, content_type="text/html",
                             headers=headers)
     return json_error(status, code, detail, headers)

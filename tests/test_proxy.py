@@ -791,3 +791,25 @@ async def test_expect_100_continue_is_met_by_the_gateway(upstream: Any, make_con
     seen = await resp.json()
     assert seen["body_size"] == size
     assert "expect" not in seen_headers(seen)
+
+
+async def test_error_pages_offer_a_way_onward(aiohttp_server: Any, make_config: Any,
+                                              gateway: Any) -> None:
+    from authkit import api_login, send
+    client = await gateway(make_config("http://127.0.0.1:9"))        # nothing listens
+    token = await api_login(client)
+    r = await send(client, "GET", "/reports?y=1", token=token, accept="text/html")
+    assert r.status == 502
+    assert '<a href="/reports?y=1">Try again</a>' in r.text
+    assert '<a href="/">Go to the home page</a>' in r.text
+    # Never a link off the site, whatever the path looked like.
+    r = await send(client, "GET", "//evil.example/x", token=token, accept="text/html")
+    assert "evil.example" not in r.text
+    r = await send(client, "GET", "/admin", token=token, accept="text/html")
+    assert r.status == 403
+    assert '<a href="/_gateway/logout">Sign in as someone else</a>' in r.text
+    assert "Try again" not in r.text
+    assert "prefers-color-scheme:dark" in r.text
+    # Its style is allowed by its CSP (it was not, and the page lost it).
+    assert r.headers["Content-Security-Policy"] == \
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"

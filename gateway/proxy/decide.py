@@ -67,7 +67,6 @@ _PATH_PARAMETERS = Refusal(400, "BAD_REQUEST", "The request path contains ';' (p
                                                "parameters), which this application does "
                                                "not accept.")
 _STORE_DOWN = Refusal(503, "STORE_UNAVAILABLE")
-_NO_ROLE = Refusal(403, "FORBIDDEN", "Your account does not have access to this page.")
 
 
 async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip: str,
@@ -116,7 +115,8 @@ async def decide(gw: Gateway, host: str, raw_path: str, cookies: str | None, ip:
     roles = identity.user.roles
     if missing_roles(upstream, path, roles) or (
             servlet_path is not path and missing_roles(upstream, servlet_path, roles)):
-        return _NO_ROLE
+        return Refusal(403, "FORBIDDEN", "Your account does not have access to this page.",
+                       link=("Sign in as someone else", f"{config.prefix}/logout"))
     # ...and a session verified with a second factor when a rule or the
     # policy asks for one (renewed with a new id when verified: never stale).
     if not identity.session.mfa and (
