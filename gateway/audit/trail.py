@@ -142,10 +142,19 @@ class AuditTrail:
 
     async def flush(self) -> None:
         """Write everything queued, and wait for a write under way (the CLI
-        before it exits, a worker at shutdown)."""
+        before it exits, a worker at shutdown), including one whose events the
+        background writer took but has not begun."""
         async with self._writing:
             while events := self._take():
-                await self._write(events)
+                try:
+                    await self._write(events)
+                finally:
+                    self._done(events)
+        await self._queue.join()
+
+    def _done(self, events: list[SessionEvent]) -> None:
+        for _ in events:
+            self._queue.task_done()
 
     def _take(self) -> list[SessionEvent]:
         events = []
@@ -155,14 +164,17 @@ class AuditTrail:
 
     async def _drain(self) -> None:
         while True:
-            first = await self._queue.get()
-            async with self._writing:
-                try:
-                    await self._write([first, *self._take()])
-                except asyncio.CancelledError:
-                    raise
-                except Exception:     # one bad batch must not stop the trail
-                    log.exception("audit: a batch could not be written")
+            batch = [await self._queue.get()]
+            try:
+                async with self._writing:
+                    batch += self._take()
+                    await self._write(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:     # one bad batch must not stop the trail
+                log.exception("audit: a batch could not be written")
+            finally:
+                self._done(batch)
 
     async def _write(self, events: list[SessionEvent]) -> None:
         if not events:
