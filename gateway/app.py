@@ -41,6 +41,7 @@ from .state import GATEWAY, Background, Gateway
 from .store import USER_DISABLED, SessionStore, StoreUnavailable, create_store
 from .auth.users import UserDirectory
 from .web.routes import FORM_COOKIE, add_gateway_routes
+from . import metrics
 
 log = logging.getLogger("gateway")
 
@@ -88,6 +89,8 @@ def create_app(config: Config, store: SessionStore | None = None,
             else None)
         app[GATEWAY] = gw
         gw.sessions.events.subscribe(gw.audit.record)
+        if config.metrics.enabled:
+            gw.sessions.events.subscribe(metrics.on_event)
         users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),
                                                       "end sessions of lost users")
         users.on_reload = lambda: background.spawn(
@@ -150,7 +153,8 @@ async def _end_sessions_of(gw: Gateway, keys: set[str]) -> None:
     """Users removed or disabled in the users file lose every session."""
     for key in keys:
         try:
-            ended = await gw.sessions.end_all(key, USER_DISABLED, USERS_FILE)
-            log.info("user %s disabled or removed: %d sessions ended", key, ended)
+            # Every worker reloads the file; the one that ends the sessions says so.
+            if ended := await gw.sessions.end_all(key, USER_DISABLED, USERS_FILE):
+                log.info("user %s disabled or removed: %d sessions ended", key, ended)
         except StoreUnavailable:
             log.warning("could not end sessions of disabled user %s: store unavailable", key)

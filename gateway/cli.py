@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from argon2 import PasswordHasher
 
 from .config import Config, ConfigError, default_config_path, load_config
+from .config.values import parse_listen
 from .auth.users import canonical_username, load_users_file
 
 if TYPE_CHECKING:
@@ -43,6 +44,12 @@ def _load(path: str | None) -> Config:
             Locator(config.geoip_database).close()
         except ConfigError as exc:
             problems += exc.problems
+    if config is not None:
+        from .auth.assertion import check_key_file
+        try:
+            check_key_file(config.assertion_key_file)
+        except ConfigError as exc:
+            problems += exc.problems
     if problems or config is None:
         raise ConfigError(problems)
     return config
@@ -64,22 +71,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
-    from .server import serve
+    from .server import cannot_listen, serve
     try:
         return serve(config)
     except ConfigError as exc:  # e.g. an unreadable assertion key
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"listen: cannot listen on {config.listen[0]}:{config.listen[1]} ({exc.strerror})",
-              file=sys.stderr)
+        print(f"listen: {cannot_listen(*config.listen, exc)}", file=sys.stderr)
         return 1
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:  # Ctrl-D; the prompt is left without a line end
+            print("\nthe input ended (Ctrl-D): nothing was hashed", file=sys.stderr)
+            return 1
+        if again != password:
             print("the passwords do not match", file=sys.stderr)
             return 1
     else:
@@ -294,7 +305,16 @@ def _when(ts: float) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    return run_demo(args.port)
+    host, port = args.listen if args.port is None else ("127.0.0.1", args.port)
+    return run_demo(host, port)
+
+
+def _listen_option(value: str) -> tuple[str, int]:
+    """``demo --listen``, read as the config reads ``listen``."""
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("demo", help="a bundled legacy app behind the gateway (no Redis needed)")
-    p.add_argument("--port", type=int, default=8080)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--listen", type=_listen_option, default=("127.0.0.1", 8080),
+                       metavar="HOST:PORT",
+                       help="default 127.0.0.1:8080; 0.0.0.0:8080 to be reached from outside "
+                            "a container")
+    where.add_argument("--port", type=int, help="the same as --listen 127.0.0.1:PORT")
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

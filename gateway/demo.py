@@ -23,7 +23,7 @@ from argon2 import PasswordHasher
 
 from .app import create_app
 from .config import load_config
-from .server import configure_logging
+from .server import cannot_listen, configure_logging, host_port
 
 DEMO_USERS = [
     {"username": "alice", "password": "alice-demo", "name": "Alice Example",
@@ -78,14 +78,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_demo_config(folder: Path, port: int, legacy_port: int) -> Path:
+def write_demo_config(folder: Path, port: int, legacy_port: int,
+                      host: str = "127.0.0.1") -> Path:
     hasher = PasswordHasher()
     users = [{k: v for k, v in u.items() if k != "password"} | {"password_hash": hasher.hash(u["password"])}
              for u in DEMO_USERS]
     (folder / "users.yaml").write_text(yaml.safe_dump({"users": users}))
+    # Listening on every address (in a container): the browser is elsewhere,
+    # reaching a published port, most often as localhost.
+    seen_as = "localhost" if host in ("0.0.0.0", "::") else host
     config = {
-        "listen": f"127.0.0.1:{port}",
-        "public_url": f"http://127.0.0.1:{port}",
+        "listen": host_port(host, port),
+        "public_url": f"http://{host_port(seen_as, port)}",
         "secret": secrets.token_urlsafe(32),
         "session": {"store": "memory", "idle_timeout": "30m", "absolute_timeout": "12h"},
         "users": {"file": "users.yaml"},
@@ -101,11 +105,11 @@ def write_demo_config(folder: Path, port: int, legacy_port: int) -> Path:
     return path
 
 
-def run_demo(port: int) -> int:
+def run_demo(host: str, port: int) -> int:
     configure_logging("info")
     legacy_port = _free_port()
     with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
-        config = load_config(write_demo_config(Path(tmp), port, legacy_port))
+        config = load_config(write_demo_config(Path(tmp), port, legacy_port, host))
         app = create_app(config)
 
         async def legacy(_app: web.Application) -> AsyncIterator[None]:
@@ -117,16 +121,21 @@ def run_demo(port: int) -> int:
 
         app.cleanup_ctx.insert(0, legacy)
         lines = [f"Gateway demo: open {config.public_url}/ in a browser.",
-                 f"The legacy app listens on 127.0.0.1:{legacy_port}; the gateway on port {port}.",
+                 f"The legacy app listens on 127.0.0.1:{legacy_port}; "
+                 f"the gateway on {host_port(host, port)}.",
                  "Demo users (username / password / roles):"]
         lines += [f"  {u['username']} / {u['password']} / {', '.join(u['roles'])}" for u in DEMO_USERS]
         lines.append("Press Ctrl-C to stop.")
-        print("\n".join(lines), flush=True)
+
+        def banner(_aiohttp_banner: str) -> None:
+            """Called once the port is bound: the URL is only shown when it works."""
+            print("\n".join(lines), flush=True)
+
         try:
-            web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None,
+            web.run_app(app, host=host, port=port, print=banner, access_log=None,
                         loop=uvloop.new_event_loop())
         except OSError as exc:
-            print(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
-                  f"try: gateway demo --port {port + 1}", file=sys.stderr)
+            print(f"{cannot_listen(host, port, exc)}; try: gateway demo --listen "
+                  f"{host_port(host, port + 1)}", file=sys.stderr)
             return 1
     return 0

@@ -12,26 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import functools
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
 
 from .auth.assertion import load_or_create_key
 from .config import Config
+from .logs import AccessLogger
+from .metrics import forget, prepare_workers
+from .logs import configure as configure_logging
 
 log = logging.getLogger("gateway")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    # aiohttp logs every malformed request with a traceback; one line is enough.
-    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
 # glibc's mallopt() parameter numbers (malloc.h).
@@ -85,7 +83,7 @@ def run_worker(config: Config, reuse_port: bool, parent: int | None = None) -> N
     from .app import create_app
     from .state import GATEWAY
 
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.logging.format)
     app = create_app(config)
 
     async def start_watchers(app: web.Application) -> None:
@@ -97,9 +95,14 @@ def run_worker(config: Config, reuse_port: bool, parent: int | None = None) -> N
             background.spawn(_every(TRIM_EVERY, trim_heap), "heap trim")
     app.on_startup.append(start_watchers)
     host, port = config.listen
+    # Metrics and the access log both hear of every answered request there.
+    access = type("Access", (AccessLogger,), {"METRICS": config.metrics.enabled,
+                                              "LINES": config.access_log})
     web.run_app(app, host=host, port=port, reuse_port=reuse_port or None,
                 shutdown_timeout=config.shutdown_timeout, print=None,
-                access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
+                access_log=logging.getLogger("gateway.access")
+                if config.access_log or config.metrics.enabled else None,
+                access_log_class=access,
                 backlog=1024, loop=uvloop.new_event_loop())
 
 
@@ -117,11 +120,45 @@ async def _every(seconds: float, job: Callable[[], object]) -> None:
         job()
 
 
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """Why ``host:port`` could not be bound, in a few words."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"{host_port(host, port)} is already in use"
+    return f"cannot listen on {host_port(host, port)} ({exc.strerror})"
+
+
+def probe_listen(host: str, port: int) -> None:
+    """Raise the OSError the workers would meet binding ``host:port``, before any starts.
+
+    Workers bind with SO_REUSEPORT, so a port that another gateway's workers
+    hold would be shared with them, silently. The probe binds without it,
+    which any holder blocks; with SO_REUSEADDR like the workers, so the
+    connections of a previous run still in TIME_WAIT do not.
+    """
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # a family this host lacks (IPv6 off): skipped, as asyncio does
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio binds it: IPv6 only
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(sockaddr)
+
+
 def serve(config: Config) -> int:
-    configure_logging(config.log_level)
+    """Raises OSError when the port cannot be bound, before anything is logged."""
+    configure_logging(config.log_level, config.logging.format)
+    host, port = config.listen
+    probe_listen(host, port)
     # Create the assertion key once, before workers race to create it.
     load_or_create_key(config.assertion_key_file)
-    host, port = config.listen
     log.info("gateway listening on http://%s:%d (%d worker%s, %s store), public URL %s",
              host, port, config.workers, "s" if config.workers > 1 else "",
              config.session.store, config.public_url)
@@ -129,6 +166,15 @@ def serve(config: Config) -> int:
         run_worker(config, reuse_port=False)
         return 0
 
+    metrics_folder = prepare_workers() if config.metrics.enabled else None
+    try:
+        return _supervise(config)
+    finally:
+        forget(metrics_folder)
+
+
+def _supervise(config: Config) -> int:
+    """Start the workers, pass signals on, and stop them all if one dies."""
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=run_worker, args=(config, True, os.getpid()))
                for _ in range(config.workers)]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import select
 import signal
+import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -139,17 +144,33 @@ async def test_run_bad_users_file_exits(tmp_path: Path) -> None:
     assert "Traceback" not in err + out
 
 
-async def test_run_port_in_use_exits_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_run_port_in_use_exits_cleanly(tmp_path: Path, redis_server: Any,
+                                             workers: int) -> None:
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     try:
-        path = write_config(tmp_path, listen=f"127.0.0.1:{port}")
+        path = write_config(tmp_path, listen=f"127.0.0.1:{port}", workers=workers,
+                            session={"store": "redis", "redis": {"url": redis_server.url}})
         code, out, err = await run_cli("run", "--config", str(path))
     finally:
         blocker.close()
-    assert code != 0
-    assert "Traceback" not in err + out
-    assert f"listen: cannot listen on 127.0.0.1:{port}" in err
+    # One line, and no "listening" before it.
+    assert (code, out, err) == (1, "", f"listen: 127.0.0.1:{port} is already in use\n")
+
+
+async def test_an_uncreatable_assertion_key_is_a_config_error(tmp_path: Path) -> None:
+    """Found by check-config, and by run before it listens. (A folder that is
+    not writable: tests/test_docker_layout.py, as a user who is not root.)"""
+    path = write_config(tmp_path, assertion={"key_file": "missing/key.pem"})
+    key = tmp_path / "missing" / "key.pem"
+    expected = (f"assertion.key_file: cannot create {key} (the folder {key.parent} does not "
+                "exist); "
+                "the key is created on first start, so set assertion.key_file to a file in a "
+                "folder the gateway can write (in the Docker image: "
+                "/var/lib/gateway/assertion-key.pem), or put an existing key there\n")
+    for command in ("check-config", "run"):
+        assert await run_cli(command, "--config", str(path)) == (1, "", expected)
 
 
 # -- hash-password -----------------------------------------------------------------------------
@@ -171,6 +192,53 @@ async def test_hash_password_empty_is_refused() -> None:
     assert code == 1
     assert out == ""
     assert "empty" in err
+
+
+def hash_password_on_a_terminal(*keys: bytes) -> tuple[int, str, str]:
+    """``gateway hash-password`` with a terminal of its own, as a person runs it:
+    each of ``keys`` is typed at the next prompt. (exit code, stdout, stderr)."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [str(GATEWAY), "hash-password"], stdin=terminal, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=clean_env(), start_new_session=True,
+        # getpass talks to the controlling terminal, not to stdin.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(terminal)
+    try:
+        for typed in keys:
+            screen = b""
+            while not screen.endswith(b": "):
+                assert select.select([controller], [], [], 20)[0], f"no prompt: {screen!r}"
+                screen += os.read(controller, 1024)
+            os.write(controller, typed)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(controller)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_hash_password_on_a_terminal_asks_twice() -> None:
+    code, out, err = hash_password_on_a_terminal(b"s3cret\n", b"s3cret\n")
+    assert code == 0, err
+    assert PasswordHasher().verify(out.strip(), "s3cret")
+    code, out, err = hash_password_on_a_terminal(b"s3cret\n", b"other\n")
+    assert (code, out, err) == (1, "", "the passwords do not match\n")
+
+
+@pytest.mark.parametrize("keys", [[b"\x04"], [b"s3cret\n", b"\x04"]],
+                         ids=["at the first prompt", "at the second"])
+def test_hash_password_end_of_input_is_one_line(keys: list[bytes]) -> None:
+    code, out, err = hash_password_on_a_terminal(*keys)
+    assert (code, out, err.strip()) == (1, "", "the input ended (Ctrl-D): nothing was hashed")
+
+
+@pytest.mark.parametrize("keys", [[b"\x03"], [b"s3cret\n", b"\x03"]],
+                         ids=["at the first prompt", "at the second"])
+def test_hash_password_interrupted_is_quiet(keys: list[bytes]) -> None:
+    assert hash_password_on_a_terminal(*keys) == (130, "", "")
 
 
 async def test_hash_is_accepted_by_the_users_file(tmp_path: Path) -> None:
@@ -271,6 +339,20 @@ async def test_run_two_workers_with_redis(redis_server: Any, upstream: Any,
                 assert resp.status == 200
                 body = await resp.json()
                 assert ["X-Auth-User", "alice"] in body["headers"]
+    assert await gw.stop() == 0
+
+
+async def test_a_second_gateway_on_a_running_ones_port_is_refused(
+        tmp_path: Path, redis_server: Any, upstream: Any, start_gateway: Any) -> None:
+    """Workers bind with SO_REUSEPORT: unchecked, a second gateway on the same
+    port would start quietly and take a share of the connections."""
+    gw = await start_gateway(str(upstream.make_url("/")), workers=2,
+                             session={"store": "redis", "redis": {"url": redis_server.url}})
+    async with client_session() as session:
+        await gw.wait_healthy(session)
+    code, out, err = await run_cli("run", "--config", str(tmp_path / "config.yaml"))
+    assert (code, out, err) == (1, "", f"listen: 127.0.0.1:{gw.port} is already in use\n")
+    assert gw.proc.returncode is None
     assert await gw.stop() == 0
 
 
@@ -474,19 +556,27 @@ async def test_check_config_reports_config_and_users_file_problems_in_one_pass(
 
 # -- demo -------------------------------------------------------------------------------------
 
-async def test_demo_serves_the_legacy_app_behind_the_gateway(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where, url", [
+    ("--port {port}", "http://127.0.0.1:{port}"),
+    # In a container: reachable from outside, through a published port.
+    ("--listen 0.0.0.0:{port}", "http://localhost:{port}"),
+], ids=["port", "listen"])
+async def test_demo_serves_the_legacy_app_behind_the_gateway(tmp_path: Path, where: str,
+                                                             url: str) -> None:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        str(GATEWAY), "demo", "--port", str(port), env=clean_env(), cwd=tmp_path,
+        str(GATEWAY), "demo", *where.format(port=port).split(), env=clean_env(), cwd=tmp_path,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     try:
         banner = await asyncio.wait_for(proc.stdout.readuntil(b"Press Ctrl-C to stop."), 30)
-        assert f"open http://127.0.0.1:{port}/".encode() in banner
+        assert f"open {url.format(port=port)}/".encode() in banner
         assert b"alice / alice-demo / user" in banner
         base = f"http://127.0.0.1:{port}"
         async with client_session() as session:
-            await Running(proc, port, tmp_path / "none").wait_healthy(session)
+            # The banner comes once the port is bound: the first try answers.
+            async with session.get(base + "/_gateway/healthz") as resp:
+                assert resp.status == 200
             async with session.get(base + "/", allow_redirects=False,
                                    headers={"Accept": "text/html"}) as resp:
                 assert resp.status == 302
@@ -503,6 +593,17 @@ async def test_demo_serves_the_legacy_app_behind_the_gateway(tmp_path: Path) -> 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_demo_port_in_use_is_one_line_and_no_banner(tmp_path: Path) -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        code, out, err = await run_cli("demo", "--port", str(port), cwd=tmp_path)
+    finally:
+        blocker.close()
+    assert (code, out, err) == (1, "", f"127.0.0.1:{port} is already in use; try: "
+                                       f"gateway demo --listen 127.0.0.1:{port + 1}\n")
 
 
 async def test_the_clis_revocations_are_in_the_audit_trail(tmp_path: Path,

@@ -55,7 +55,7 @@ def canonical(value: Any) -> str:
 # What may differ from one instance to the next without the configuration
 # having changed: where it listens, its size, how it reaches Redis, its logs.
 _PER_INSTANCE = {"base_dir", "listen", "workers", "shutdown_timeout", "log_level",
-                 "access_log"}
+                 "access_log", "logging", "metrics"}
 
 
 def config_fingerprints(config: Config) -> dict[str, str]:

@@ -24,6 +24,19 @@ from jwt.algorithms import ECAlgorithm
 from ..config import ConfigError
 
 
+def check_key_file(path: Path) -> None:
+    """What ``load_or_create_key`` would fail on, found before anything starts
+    (check-config, and run before binding): a key that exists must be readable,
+    even in a read-only folder; a missing one is created, so its folder must be
+    writable by this user."""
+    if path.exists():
+        _read_key(path)
+    elif not path.parent.is_dir():
+        raise ConfigError([_cannot_create(path, f"the folder {path.parent} does not exist")])
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError([_cannot_create(path, f"the folder {path.parent} is not writable")])
+
+
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Load the PEM key, creating it atomically if absent (workers race safely)."""
     if not path.exists():
@@ -36,10 +49,21 @@ def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise ConfigError([f"assertion.key_file: cannot create {path} ({exc.strerror})"]) from None
+            raise ConfigError([_cannot_create(path, exc.strerror)]) from None
         else:
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
+    return _read_key(path)
+
+
+def _cannot_create(path: Path, reason: str) -> str:
+    return (f"assertion.key_file: cannot create {path} ({reason}); the key is created on "
+            "first start, so set assertion.key_file to a file in a folder the gateway can "
+            "write (in the Docker image: /var/lib/gateway/assertion-key.pem), or put an "
+            "existing key there")
+
+
+def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:

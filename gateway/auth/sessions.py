@@ -33,6 +33,7 @@ from ..config import Config
 from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, RENEWED, REVOKED_BY_ADMIN,
                      REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED,
                      AtCapacity, Block, Ending, Session, SessionStore, StoreUnavailable, end_if_cancelled)
+from ..metrics import CACHE_HIT, CACHE_MISS, THROTTLED
 from .cache import SessionCache
 from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, MFA_ENROLLED, MFA_RECOVERY_USED,
                      SIGN_IN_FAILED, STARTED, THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
@@ -228,6 +229,7 @@ class SessionService:
         if throttle is not None:
             wait = await throttle.attempt(strikes)
             if wait > 0:
+                THROTTLED.inc()
                 self._refused(typed, ip, user_agent, wait)
                 await asyncio.sleep(self.users.typical_check)     # as slow as a refusal
                 raise Throttled(wait)
@@ -320,6 +322,7 @@ class SessionService:
             strikes = throttle.session_strikes(user.key, fingerprint(session.id), "code")
         wait = await throttle.attempt(strikes)
         if wait > 0:
+            THROTTLED.inc()
             raise Throttled(wait)
         checked = await self.mfa.check(user, secret, code)
         if checked is None:
@@ -467,6 +470,10 @@ class SessionService:
         return ended
 
     def _ended(self, session: Session, ending: Ending, actor: str, now: float) -> None:
+        # Logged by the one process that ended it (the store says which).
+        from .security import fingerprint
+        log.info("session %s of %s ended: %s (by %s)", fingerprint(session.id),
+                 session.username, ending.reason, actor)
         self.cache.drop(session.id)
         self._remember_dead(session.id, refusal_for(ending))
         self.events.emit(SessionEvent(ENDED, session, now, actor=actor,
@@ -552,7 +559,9 @@ class SessionService:
     async def _lookup(self, username: str, sid: str, now: float) -> Session | None:
         session = self.cache.get(sid)
         if session is not None and session.username == username and session.alive(now):
+            CACHE_HIT.inc()
             return session
+        CACHE_MISS.inc()
         generation = self.cache.generation
         session = await self.store.get(username, sid)
         if session is not None and session.alive(now):
@@ -615,6 +624,7 @@ class SessionService:
         if throttle is not None:
             wait = await throttle.attempt(strikes)
             if wait > 0:
+                THROTTLED.inc()
                 await asyncio.sleep(self.users.typical_check)
                 raise Throttled(wait)
         if await self.users.verify(name, password) is None:

@@ -187,6 +187,20 @@ class RateLimitRule:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics at <prefix>/metrics (metrics.py)."""
+    enabled: bool = key(True, v.boolean)
+    # Who may scrape them, by the peer's own address (never X-Forwarded-For).
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = \
+        key(["127.0.0.0/8", "::1/128"], v.networks)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = key("text", v.one_of("text", "json"))
+
+
+@dataclass(frozen=True)
 class CookieConfig:
     # The session cookie's Domain, to share it with sibling hosts (forward-
     # auth in front of app.example.com and wiki.example.com: example.com).
@@ -267,7 +281,9 @@ class Config:
     allowed_redirect_hosts: tuple[str, ...] = key([], v.lowercase_list)
     shutdown_timeout: float = key("30s", v.duration())
     log_level: str = key("info", v.one_of(*v.LOG_LEVELS))
-    access_log: bool = key(False, v.boolean)
+    access_log: bool = key(True, v.boolean)
+    logging: LoggingConfig = section(LoggingConfig)
+    metrics: MetricsConfig = section(MetricsConfig)
     session: SessionConfig = section(SessionConfig)
     cookie: CookieConfig = section(CookieConfig)
     security_events: SecurityEvents = section(SecurityEvents)

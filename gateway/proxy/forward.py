@@ -12,6 +12,8 @@ may be added to a page (monitor.py).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from aiohttp.payload import AsyncIterablePayload
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..metrics import UPSTREAM_ERRORS
 from ..config import Upstream
 from ..errors import error_response
 from ..security_headers import UPSTREAM_ANSWER
@@ -132,6 +135,16 @@ class ResponseGuard:
             log.warning("upstream %s %s (logged once per upstream)", upstream.name, what)
 
 
+def why(exc: BaseException) -> str:
+    """An upstream error for the log: the system's errno and words when there
+    are some (``ECONNREFUSED Connection refused``), else its kind."""
+    os_error = getattr(exc, "os_error", None) or (exc if isinstance(exc, OSError) else None)
+    if os_error is not None and os_error.errno:
+        return f"{errno.errorcode.get(os_error.errno, os_error.errno)} " \
+               f"{os.strerror(os_error.errno)}"
+    return type(exc).__name__
+
+
 async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
                   headers: CIMultiDict[str], client: aiohttp.ClientSession,
                   max_body: int, guard: ResponseGuard, private: bool,
@@ -192,7 +205,8 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
         raise
     except asyncio.TimeoutError:
         if response is None:
-            log.warning("upstream %s timed out", upstream.name)
+            log.warning("upstream %s (%s) timed out", upstream.name, upstream.authority)
+            UPSTREAM_ERRORS.labels(upstream.name, "timeout").inc()
             return error_response(request, 504, "UPSTREAM_TIMEOUT")
         raise
     except (aiohttp.ClientError, OSError) as exc:
@@ -200,7 +214,9 @@ async def forward(request: web.BaseRequest, upstream: Upstream, url: URL,
             if response is None:
                 return error_response(request, 413, "PAYLOAD_TOO_LARGE")
         if response is None:
-            log.warning("upstream %s unavailable: %s", upstream.name, type(exc).__name__)
+            log.warning("upstream %s (%s) unavailable: %s", upstream.name, upstream.authority,
+                        why(exc))
+            UPSTREAM_ERRORS.labels(upstream.name, "unavailable").inc()
             return error_response(request, 502, "UPSTREAM_UNAVAILABLE")
         # Headers are already sent: the only honest signal left is to cut the
         # connection, so the client sees a truncated body, not a complete one.

@@ -22,6 +22,7 @@ from ..auth.cookies import clear_session_cookie, set_notice
 from ..auth.sessions import AuthError, Identity
 from ..config import Upstream, origin_of
 from ..errors import HTTP1, error_response, json_error, refuse_version, wants_html
+from ..logs import ACCESS, request_id
 from ..state import GATEWAY, Gateway
 from ..store import StoreUnavailable
 from .access import upstream_path
@@ -56,6 +57,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if isinstance(verdict, Refusal):
         return refuse(request, gw, verdict)
     upstream, identity, token = verdict.upstream, verdict.identity, verdict.token
+    request[ACCESS] = (identity.user.username if identity else "-", upstream.name)
 
     # 5b. Rate limits: counted in this worker, shared through the store by a
     #     background task (ratelimit.py), so no store call here.
@@ -75,6 +77,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         drop_cookies=gw.own_cookies,
         identity=identity_headers(gw, upstream.name, identity),
         upstream_host=None if upstream.preserve_host else upstream.authority)
+    headers["X-Request-ID"] = request_id(request)
     # The session monitor goes into pages, which must come uncompressed for it.
     monitor = None
     if identity is not None and upstream.session_monitor and \

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..metrics import RATE_LIMITED
 from ..auth.throttle import address_key
 from ..config import RateLimitRule, Upstream
 from ..store import SessionStore, StoreUnavailable, end_if_cancelled
@@ -92,6 +93,7 @@ class Limiter:
                     over = limited
             slots.append((k, limit, (slot + 1) * window))
         if over is not None:
+            RATE_LIMITED.labels(over.name).inc()
             return over
         for k, limit, end in slots:
             if k not in self._mine:

@@ -21,6 +21,9 @@ from yarl import URL
 
 from ..config import Upstream
 from ..errors import error_response
+from ..logs import request_id
+from ..metrics import UPSTREAM_ERRORS
+from .forward import why
 from ..security_headers import UPSTREAM_ANSWER
 
 log = logging.getLogger("gateway.proxy")
@@ -59,18 +62,25 @@ async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: U
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0))
     except aiohttp.WSServerHandshakeError as exc:
         log.info("upstream %s refused a websocket with %s", upstream.name, exc.status)
+        UPSTREAM_ERRORS.labels(upstream.name, "websocket_refused").inc()
         if 400 <= exc.status <= 599:
             return error_response(request, exc.status, "WEBSOCKET_REFUSED")
         return error_response(request, 502, "UPSTREAM_UNAVAILABLE")
     except asyncio.TimeoutError:
+        UPSTREAM_ERRORS.labels(upstream.name, "timeout").inc()
         return error_response(request, 504, "UPSTREAM_TIMEOUT")
-    except (aiohttp.ClientError, OSError):
+    except (aiohttp.ClientError, OSError) as exc:
+        log.warning("upstream %s (%s) unavailable for a websocket: %s", upstream.name,
+                    upstream.authority, why(exc))
+        UPSTREAM_ERRORS.labels(upstream.name, "unavailable").inc()
         return error_response(request, 502, "UPSTREAM_UNAVAILABLE")
 
     client_ws = web.WebSocketResponse(
         protocols=[upstream_ws.protocol] if upstream_ws.protocol else (),
         autoclose=False, autoping=True, max_msg_size=_WS_MAX_MESSAGE)
     client_ws[UPSTREAM_ANSWER] = True
+    loop = asyncio.get_running_loop()
+    opened = loop.time()
     try:
         await client_ws.prepare(request)
         relays = [asyncio.ensure_future(_relay(client_ws, upstream_ws)),
@@ -86,6 +96,8 @@ async def forward_websocket(request: web.BaseRequest, upstream: Upstream, url: U
     finally:
         await upstream_ws.close()
         await client_ws.close()
+        log.info("websocket %s to %s closed: %s after %.0f s", request_id(request),
+                 upstream.name, client_ws.close_code, loop.time() - opened)
     return client_ws
 
 

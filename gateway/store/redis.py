@@ -70,6 +70,7 @@ from .base import (BUSY_WAIT, EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP
                    REVOKED_BY_ADMIN, SESSION_LIMIT, USER_DISABLED, AtCapacity, Block, Counts,
                    CountsRead, EndedSession, Ending, Enrolment, Page, Session, SessionStore,
                    StoreUnavailable, Strike, encode_fields)
+from ..metrics import STORE_ERRORS, STORE_LATENCY
 from .client import connect
 from .paging import decode_cursor, encode_cursor
 
@@ -451,10 +452,14 @@ class RedisSessionStore(SessionStore):
             return await run()
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
         try:
             return await op()
         except (RedisError, OSError, TimeoutError) as exc:
+            STORE_ERRORS.inc()
             raise StoreUnavailable(type(exc).__name__) from None
+        finally:
+            STORE_LATENCY.observe(time.perf_counter() - started)
 
     # -- interface ---------------------------------------------------------
     async def create(self, session: Session, cap: int, history: float,

@@ -14,6 +14,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from ..auth.tokens import derive_key
 from ..config import Config
 from ..errors import HTTP1, error_response, refuse_version
+from .. import metrics
 from ..proxy import forward_auth
 from . import (admin, admin_page, login, machine, monitor, my_sessions, session_api,
                two_factor)
@@ -72,6 +73,7 @@ def add_gateway_routes(app: web.Application, config: Config) -> None:
                                                   "OPTIONS")},
         "/jwks.json": {"GET": machine.jwks},
         "/healthz": {"GET": machine.healthz},
+        **({"/metrics": {"GET": metrics.scrape}} if config.metrics.enabled else {}),
         "/readyz": {"GET": machine.readyz},
     }
     for path, methods in endpoints.items():
