@@ -143,14 +143,15 @@ def _error_body(code: str, message: str) -> bytes:
 
 def error_response(request: web.BaseRequest, status: int, code: str,
                    detail: str | None = None, headers: dict | None = None,
-                   link: tuple[str, str] | None = None) -> web.Response:
+                   link: tuple[str, str] | None = None, retry: bool = True) -> web.Response:
     """``{"error": code, "message": ...}`` or a one-paragraph HTML page with
     a way onward: ``link`` (text, address) if given, "Try again" when
-    trying again may help, and the home page."""
+    trying again may help (``retry``: the request's own path is one a
+    person asked for), and the home page."""
     headers = {"Cache-Control": "no-store", **(headers or {})}
     if wants_html(request):
         links = [link] if link else []
-        if status in _TRANSIENT and request.method in ("GET", "HEAD") and \
+        if retry and status in _TRANSIENT and request.method in ("GET", "HEAD") and \
                 safe_redirect(request.raw_path, "http://localhost", ()) == request.raw_path:
             links.append(("Try again", request.raw_path))    # never "//elsewhere"
         links.append(("Go to the home page", "/"))

@@ -118,10 +118,41 @@ async def test_a_trusted_proxy_must_name_the_request(gw):
 
 
 async def test_the_gateway_s_own_pages_always_pass(gw):
-    """A proxy guarding a whole host must let the login page through."""
+    """A proxy guarding a whole host must let the login page through: on the
+    gateway's own host (public_url's), and only there."""
     client = await gw()
-    r = await ask(client, nginx("http://app.example.com/_gateway/login?rd=/"))
+    r = await ask(client, nginx("http://127.0.0.1:8080/_gateway/login?rd=/"))
     assert r.status == 200 and r.headers["X-Auth-User"] == ""
+    r = await ask(client, nginx("http://app.example.com/_gateway/login?rd=/"))
+    assert (r.status, r.json()["error"]) == (403, "FORBIDDEN")
+
+
+@pytest.mark.parametrize("target", [
+    "/admin/../static/x", "/admin//../static/x", "/admin/%2e%2e/static/x",
+    "/admin/%252e%252e/static/x", "/static/x#/../../admin", "//static/x",
+    "/_gateway/;/../admin", "/static/./x", "/admin/..;/static/x"])
+async def test_only_canonical_paths_are_judged(gw, target):
+    """The proxy in front forwards the path as sent: one the app could read
+    otherwise than the gateway is refused, never resolved and judged."""
+    client = await gw()
+    token = await api_login(client)
+    for headers in (nginx(f"http://127.0.0.1:8080{target}"),
+                    traefik("127.0.0.1:8080", target)):
+        r = await ask(client, headers, token)
+        assert (r.status, r.json()["error"]) == (400, "BAD_REQUEST"), (target, headers)
+
+
+async def test_a_trailing_dot_does_not_escape_a_host_s_rules(upstream, make_config, gateway):
+    client = await gateway(make_config(str(upstream.make_url("/")), **TRUSTED, upstreams=[
+        {"name": "app", "url": str(upstream.make_url("/")), "host": "app.example.com",
+         "rules": [{"path": "/admin", "roles": ["admin"]}]}]))
+    token = await api_login(client)
+    for host in ("app.example.com", "APP.example.com.", "app.example.com.:80"):
+        r = await ask(client, nginx(f"http://{host}/admin/x"), token)
+        assert (r.status, r.json()["error"]) == (403, "FORBIDDEN"), host
+    # A host no upstream serves passes nobody when upstreams are configured.
+    r = await ask(client, nginx("http://other.example.com/x"), token)
+    assert (r.status, r.json()["error"]) == (403, "FORBIDDEN")
 
 
 async def test_rate_limits_apply_as_on_the_proxy(gw):

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from authkit import csrf_of
 from conftest import free_port, seen_headers
@@ -138,9 +139,13 @@ async def test_a_person_signs_in_through_the_proxy_and_the_app_sees_who(site):
             "csrf_token": csrf_of(page), "username": "alice", "password": "alice-pw",
             "rd": f"{site}/reports?year=2026"})
         assert (r.status, r.headers["Location"]) == (303, f"{site}/reports?year=2026")
-        r = await b.get(f"{site}/reports?year=2026", headers=SPOOFED)
+        r = await b.get(f"{site}/reports?year=2026",
+                        headers=[*SPOOFED, ("Cookie", "theme=dark; lang=en")])
         body = await r.json()
         assert r.status == 200 and body["path"] == "/reports?year=2026"
+        # The app gets its own cookies, never the gateway's session.
+        (cookie,) = seen_headers(body)["cookie"]
+        assert "gateway_session" not in cookie and "theme=dark" in cookie
         seen = identity_seen(body)
         assert seen["x-auth-user"] == ["alice"] and seen["x-auth-roles"] == ["user"]
         assert seen["x-auth-assertion"] != ["forged.jwt.value"]
@@ -164,6 +169,13 @@ async def test_spoofed_identity_never_reaches_the_app(site):
         r = await b.get(f"{site}/api/data", headers=[*SPOOFED, ("Accept", "application/json")],
                         allow_redirects=False)
         assert r.status == 401
+        # Paths the app might read otherwise than the gateway never reach it.
+        for path in ("/admin/../static/x", "/admin/%2e%2e/static/x", "/admin//../static/x"):
+            r = await b.get(URL(f"{site}{path}", encoded=True), allow_redirects=False)
+            assert r.status in (400, 500), path          # nginx: auth_request's error
+        # Metrics are not for outside.
+        r = await b.get(f"{site}/_gateway/metrics", allow_redirects=False)
+        assert r.status == 404
         # The question itself cannot be asked from outside with nginx (internal),
         # and from Caddy it names the request one way only.
         r = await b.get(f"{site}/_gateway/auth", headers=[

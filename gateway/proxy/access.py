@@ -25,20 +25,23 @@ class Router:
             key=lambda u: (u.host is not None, len(u.path_prefix)), reverse=True)
 
     def match(self, host: str, path: str) -> Upstream | None:
-        hostname = _hostname(host)
+        name = hostname(host)
         for up in self._upstreams:
-            if up.host is not None and up.host.lower() != hostname:
+            if up.host is not None and up.host.lower().rstrip(".") != name:
                 continue
             if has_prefix(path, up.path_prefix):
                 return up
         return None
 
 
-def _hostname(host: str) -> str:
+def hostname(host: str) -> str:
+    """The host name of a Host header, lower case, without port or the
+    trailing dot of a fully qualified name (``app.example.com.`` is the
+    same site, and must not miss its upstream's rules)."""
     host = host.lower()
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).rstrip(".")
 
 
 def is_public(upstream: Upstream, path: str) -> bool:

@@ -139,9 +139,10 @@ def why(exc: BaseException) -> str:
     """An upstream error for the log: the system's errno and words when there
     are some (``ECONNREFUSED Connection refused``), else its kind."""
     os_error = getattr(exc, "os_error", None) or (exc if isinstance(exc, OSError) else None)
-    if os_error is not None and os_error.errno:
-        return f"{errno.errorcode.get(os_error.errno, os_error.errno)} " \
-               f"{os.strerror(os_error.errno)}"
+    if os_error is not None and os_error.errno in errno.errorcode:
+        return f"{errno.errorcode[os_error.errno]} {os.strerror(os_error.errno)}"
+    if os_error is not None and os_error.strerror:      # a DNS failure (gaierror)
+        return os_error.strerror
     return type(exc).__name__
 
 

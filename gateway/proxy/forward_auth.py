@@ -12,9 +12,11 @@ CVE-2026-40575), so an untrusted caller gets 403 whatever it asks.
 The answer is ``decide``'s, the proxy's own step, so both judge alike: one
 canonical path, public paths, role and second-factor rules, then the rate
 limits. A host and path no upstream serves is judged by ``FALLBACK``: any
-signed-in user (an auth-only deployment needs no upstreams). Paths under
-the gateway's prefix are always let through: its pages guard themselves,
-and the login page must be reachable when a proxy guards a whole host.
+signed-in user, in an auth-only deployment (no upstreams); with upstreams,
+nobody. Paths under the gateway's prefix on its own host are let through:
+its pages guard themselves, and the login page must stay reachable when a
+proxy guards the whole host. Only canonical paths are judged (``canonical``):
+the proxy forwards the path as the client sent it.
 
 - 200: go ahead, with the identity headers as response headers for the
   proxy to copy to the app (``auth_request_set``, ``authResponseHeaders``,
@@ -31,7 +33,7 @@ and the login page must be reachable when a proxy guards a whole host.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 from aiohttp import web
 
@@ -39,6 +41,7 @@ from ..config import Config, Upstream
 from ..errors import error_response, wants_html
 from ..state import GATEWAY
 from .decide import Refusal, counts_as_activity, decide
+from .access import hostname
 from .headers import client_ip, is_trusted, user_agent_of
 from .paths import BadPath, has_prefix, normalize_path
 from .pipeline import identity_headers
@@ -68,13 +71,31 @@ def original_request(request: web.Request) -> tuple[str, str, str, str] | None:
             return None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             return None
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "") + \
+            ("#" if "#" in url else "")          # kept, so that it is refused
         return parts.scheme, parts.netloc, target, _method(h.get("X-Original-Method"))
     if not uri or not host:
         return None
     scheme = h.get("X-Forwarded-Proto", "http").split(",", 1)[0].strip().lower()
     return (scheme, host.split(",", 1)[0].strip(), uri,
             _method(h.get("X-Forwarded-Method")))
+
+
+def canonical(target: str) -> None:
+    """BadPath unless the path is one the app cannot read differently from
+    the gateway. Unlike its own proxy, which forwards the path it judged,
+    the proxy in front forwards the client's: ``/admin/../static/x`` judged
+    as public could reach an app that resolves it otherwise (or not at all)
+    as ``/admin/...``. So dot segments, ``//`` and fragments, encoded or
+    not, are refused rather than resolved."""
+    path = target.split("?", 1)[0]
+    if "#" in target:
+        raise BadPath("request target contains a fragment")
+    for decoded in (path, unquote(path), unquote(unquote(path))):
+        if "//" in decoded or any(seg in (".", "..") or seg.split(";", 1)[0] in (".", "..")
+                                  for seg in decoded.split("/")[1:]):
+            raise BadPath("request path is not canonical (dot segments or '//'); "
+                          "a proxy in front forwards it as sent")
 
 
 def _method(value: str | None) -> str:
@@ -99,9 +120,12 @@ async def check(request: web.Request) -> web.StreamResponse:
     nginx = "X-Original-URL" in request.headers
     try:
         path, _ = normalize_path(target)
+        canonical(target)
     except BadPath as exc:
-        return error_response(request, 400, "BAD_REQUEST", str(exc))
-    if has_prefix(path, config.prefix):
+        return error_response(request, 400, "BAD_REQUEST", str(exc), headers=_NO_STORE,
+                              retry=False)
+    if has_prefix(path, config.prefix) and hostname(host) == hostname(
+            urlsplit(config.public_url).netloc):
         return web.Response(status=200, headers={
             **_NO_STORE, **dict.fromkeys(config.headers.names(), "")})
 
@@ -110,11 +134,15 @@ async def check(request: web.Request) -> web.StreamResponse:
     activity = counts_as_activity(config.session.activity, h.get("Sec-Fetch-Mode"),
                                   h.get("Sec-Fetch-Dest"))
     verdict = await decide(gw, host, target, h.get("Cookie"), ip, user_agent_of(h), activity,
-                           fallback=FALLBACK)
+                           fallback=None if config.upstreams else FALLBACK)
     if isinstance(verdict, Refusal):
+        if verdict.code == "NOT_FOUND":          # no upstream serves it: nobody may pass
+            return error_response(request, 403, "FORBIDDEN",
+                                  "No upstream is configured for this host and path.",
+                                  headers=_NO_STORE, retry=False)
         if verdict.auth is None:
             return error_response(request, verdict.status, verdict.code, verdict.detail,
-                                  headers=_NO_STORE, link=verdict.link)
+                                  headers=_NO_STORE, link=verdict.link, retry=False)
         return _sign_in(request, gw.config, f"{scheme}://{host}{target}", method,
                         verdict.auth.code)
     identity = verdict.identity
@@ -124,7 +152,7 @@ async def check(request: web.Request) -> web.StreamResponse:
             identity.session.id if identity else None, ip)
         if limited is not None:
             return error_response(request, 403 if nginx else 429, "RATE_LIMITED",
-                                  headers=limited.headers())
+                                  headers=limited.headers(), retry=False)
     # A public path: every identity header, empty. A proxy copying them then
     # sets nothing a client could have sent (Caddy 2.6 would otherwise copy
     # its unresolved placeholder, "{http.reverse_proxy.header.X-Auth-User}").
@@ -144,4 +172,4 @@ def _sign_in(request: web.Request, config: Config, original_url: str, method: st
         request.headers.get("Sec-Fetch-Mode") in (None, "navigate")
     if navigation and request.query.get("redirect") in ("1", "true"):
         return web.Response(status=302, headers=headers)
-    return error_response(request, 401, code, headers=headers)
+    return error_response(request, 401, code, headers=headers, retry=False)
