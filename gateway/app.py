@@ -41,7 +41,7 @@ from .state import GATEWAY, Background, Gateway
 from .store import USER_DISABLED, SessionStore, StoreUnavailable, create_store
 from .auth.users import UserDirectory
 from .web.routes import FORM_COOKIE, add_gateway_routes
-from . import metrics
+from . import logs, metrics
 
 log = logging.getLogger("gateway")
 
@@ -91,6 +91,9 @@ def create_app(config: Config, store: SessionStore | None = None,
         gw.sessions.events.subscribe(gw.audit.record)
         if config.metrics.enabled:
             gw.sessions.events.subscribe(metrics.on_event)
+            background.spawn(metrics.keep_flushing(), "metrics")
+        if config.access_log:
+            background.spawn(logs.LINES.keep_flushing(), "access log")
         users.on_lost = lambda keys: background.spawn(_end_sessions_of(gw, keys),
                                                       "end sessions of lost users")
         users.on_reload = lambda: background.spawn(

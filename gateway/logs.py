@@ -16,6 +16,7 @@ in ``X-Request-ID`` too, so one request can be followed through both logs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -69,6 +70,60 @@ def configure(level: str, fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp logs every malformed request with a traceback; one line is enough.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    LINES.json = fmt == "json"
+
+
+class AccessLines:
+    """Access lines, written in batches (``flush``, a few times a second by
+    the worker): through ``logging`` with a write per line, they cost a
+    request about 40 microseconds, a fifth of the hot path."""
+
+    def __init__(self, fmt: str = "text", stream: Any = None) -> None:
+        self.json = fmt == "json"
+        self.stream = stream
+        self._lines: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def add(self, fields: dict[str, Any]) -> None:
+        now = time.time()
+        if int(now) != self._second:       # the time of day, formatted once a second
+            self._second = int(now)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        stamp = f"{self._stamp}.{int(now * 1000) % 1000:03d}Z"
+        if self.json:
+            self._lines.append(json.dumps({"time": stamp, "level": "info",
+                                           "logger": "gateway.access", "pid": _PID,
+                                           **fields}) + "\n")
+        else:
+            self._lines.append(
+                f"{stamp} {_PID} INFO gateway.access: {fields['request_id']} {fields['user']} "
+                f"{fields['method']} {fields['path']} {fields['status']} {fields['upstream']} "
+                f"{fields['duration_ms']}ms {fields['bytes']}B\n")
+        if len(self._lines) >= 1000:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = "".join(self._lines), []
+            try:
+                (self.stream or sys.stderr).write(lines)
+                (self.stream or sys.stderr).flush()
+            except (OSError, ValueError):    # a closed stderr: the lines are lost, not the worker
+                pass
+
+    async def keep_flushing(self, every: float = 0.25) -> None:
+        try:
+            while True:
+                await asyncio.sleep(every)
+                self.flush()
+        finally:
+            self.flush()
+
+
+_PID = os.getpid()
+# The worker's access lines (server.run_worker sets the format).
+LINES = AccessLines()
 
 
 def outcome(response: web.StreamResponse) -> str:
@@ -98,15 +153,10 @@ class AccessLogger(AbstractAccessLogger):
         user, upstream = request.get(ACCESS, ("-", "-"))
         if self.METRICS:
             answered(outcome(response), upstream, response.status, duration)
-        if not self.LINES:
-            return
-        # As sent (percent-escapes kept: no line breaks), without the query.
-        path = request.raw_path.partition("?")[0]
-        fields = {"request_id": request_id(request), "user": user, "method": request.method,
-                  "path": path, "status": response.status, "upstream": upstream,
-                  "duration_ms": round(duration * 1000, 1),
-                  "bytes": response.body_length}
-        self.logger.info("%s %s %s %s %d %s %.1fms %dB", fields["request_id"], user,
-                         request.method, path, response.status, upstream,
-                         fields["duration_ms"], response.body_length,
-                         extra={"fields": fields})
+        if self.LINES:
+            # As sent (percent-escapes kept: no line breaks), without the query.
+            LINES.add({"request_id": request_id(request), "user": user,
+                       "method": request.method, "path": request.raw_path.partition("?")[0],
+                       "status": response.status, "upstream": upstream,
+                       "duration_ms": round(duration * 1000, 1),
+                       "bytes": response.body_length})

@@ -8,21 +8,26 @@ process the values live in memory.
 
 What is counted, and where, so that the hot path pays little: a request's
 outcome, status and latency once it is answered (the access logger, which
-aiohttp calls anyway); a session cache hit or miss where the session is
-looked up; sign-ins, session ends and blocks from the session event stream;
+aiohttp calls anyway), and a session cache hit or miss where the session is
+looked up, both into this process's dicts first (``flush``); sign-ins, session ends and blocks from the session event stream;
 rate-limited requests where a limit refuses; upstream and store errors where
 they happen; active sessions are asked of the store at scrape time (one
 ``ZCOUNT``). Label values come from small fixed sets (outcomes, status
 codes, upstream and rule names, end reasons): never a user or a path.
 
-``metrics.allow`` lists the networks that may scrape (loopback by default);
-the peer's own address decides, never ``X-Forwarded-For``.
+``metrics.allow`` lists the networks that may scrape (loopback by default),
+judged by the client's address: the peer's, or behind ``trusted_proxies``
+the one they name, so a proxy on the same host does not make every client
+local.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
+from bisect import bisect_left
+from collections import Counter as Counter_
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +41,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .auth.events import ENDED, SIGN_IN_FAILED, STARTED, THROTTLE_BLOCKED, SessionEvent
 from .errors import error_response
+from .proxy.headers import client_ip
 from .store import StoreUnavailable
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -66,22 +72,68 @@ STORE_ERRORS = Counter("gateway_store_errors_total", "Session store calls that f
 STORE_LATENCY = Histogram("gateway_store_seconds", "Time of a session store call",
                           buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 
-CACHE_HIT, CACHE_MISS = SESSION_CACHE.labels("hit"), SESSION_CACHE.labels("miss")
-_requests: dict[tuple[str, str, int], Counter] = {}
-_latency: dict[str, Histogram] = {}
+# Per request, the counts go into plain dicts of this process (about a
+# microsecond), and ``flush`` hands them to prometheus-client once a second
+# (a value in multiprocess mode costs a lock and a write to a mapped file:
+# several microseconds each, per request). A scrape flushes its own
+# worker's first; the others' are at most FLUSH_EVERY seconds behind.
+FLUSH_EVERY = 1.0
+_BOUNDS = LATENCY._upper_bounds          # the buckets' upper bounds, +Inf last
+_requests: Counter_[tuple[str, str, int]] = Counter_()
+_latency: dict[str, list[float]] = {}    # upstream -> count per bucket, then the sum
+_cache = [0, 0]                          # hits, misses
 
 
 def answered(outcome: str, upstream: str, status: int, seconds: float) -> None:
     """One request, answered: its outcome, upstream, status and time."""
-    key = (outcome, upstream, status)
-    counter = _requests.get(key)
-    if counter is None:
-        counter = _requests[key] = REQUESTS.labels(outcome, upstream, str(status))
-    counter.inc()
-    histogram = _latency.get(upstream)
-    if histogram is None:
-        histogram = _latency[upstream] = LATENCY.labels(upstream)
-    histogram.observe(seconds)
+    _requests[(outcome, upstream, status)] += 1
+    counts = _latency.get(upstream)
+    if counts is None:
+        counts = _latency[upstream] = [0.0] * (len(_BOUNDS) + 1)
+    counts[bisect_left(_BOUNDS, seconds)] += 1
+    counts[-1] += seconds
+
+
+def cache_hit() -> None:
+    _cache[0] += 1
+
+
+def cache_miss() -> None:
+    _cache[1] += 1
+
+
+def flush() -> None:
+    """This process's counts since the last flush, into prometheus-client.
+    A histogram takes counts per bucket through its children's bucket and
+    sum values (prometheus-client has no public call for "n observations")."""
+    requests, latency = _requests.copy(), {k: v[:] for k, v in _latency.items()}
+    _requests.clear()
+    _latency.clear()
+    hits, misses = _cache
+    _cache[:] = [0, 0]
+    for (outcome, upstream, status), n in requests.items():
+        REQUESTS.labels(outcome, upstream, str(status)).inc(n)
+    for upstream, counts in latency.items():
+        child = LATENCY.labels(upstream)
+        for i, n in enumerate(counts[:-1]):
+            if n:
+                child._buckets[i].inc(n)
+        child._sum.inc(counts[-1])
+    if hits:
+        SESSION_CACHE.labels("hit").inc(hits)
+    if misses:
+        SESSION_CACHE.labels("miss").inc(misses)
+
+
+async def keep_flushing() -> None:
+    """A worker's background task: ``flush`` every FLUSH_EVERY seconds, and
+    once more when it stops."""
+    try:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            flush()
+    finally:
+        flush()
 
 
 def on_event(event: SessionEvent) -> None:
@@ -112,7 +164,9 @@ def prepare_workers() -> Path | None:
     folder they share, emptied (values of a previous run must not count);
     None when the operator named one (theirs to manage)."""
     if os.environ.get(MULTIPROC_ENV):
-        for stale in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
+        folder = Path(os.environ[MULTIPROC_ENV])
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
             stale.unlink()
         return None
     folder = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
@@ -138,9 +192,12 @@ def allowed(remote: str | None, networks: tuple) -> bool:
 async def scrape(request: web.Request) -> web.Response:
     from .state import GATEWAY
     gw = request.app[GATEWAY]
-    if not allowed(request.remote, gw.config.metrics.allow):
+    # The client, not a proxy in front of it (believed only from trusted_proxies).
+    client = client_ip(request.remote, request.headers, gw.config.trusted_proxies)
+    if not allowed(client, gw.config.metrics.allow):
         return error_response(request, 403, "FORBIDDEN",
                               "Metrics are served only to the networks in metrics.allow.")
+    flush()
     registry = CollectorRegistry()
     if os.environ.get(MULTIPROC_ENV):
         MultiProcessCollector(registry)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from .auth.assertion import load_or_create_key
 from .config import Config
 from .logs import AccessLogger
-from .metrics import forget, prepare_workers
+from .metrics import MULTIPROC_ENV, forget, prepare_workers
 from .logs import configure as configure_logging
 
 log = logging.getLogger("gateway")
@@ -163,6 +163,9 @@ def serve(config: Config) -> int:
              host, port, config.workers, "s" if config.workers > 1 else "",
              config.session.store, config.public_url)
     if config.workers == 1:
+        # Its values live in its memory, unless the operator named a folder.
+        if config.metrics.enabled and os.environ.get(MULTIPROC_ENV):
+            prepare_workers()
         run_worker(config, reuse_port=False)
         return 0
 

@@ -57,6 +57,48 @@ def wait_for(driver: Any, condition: Any, seconds: float = 10) -> Any:
     return WebDriverWait(driver, seconds).until(condition)
 
 
+async def test_after_a_wrong_password_the_cursor_waits_in_the_password_field(
+        upstream: Any, make_config: Any, gateway: Any, browser: Any) -> None:
+    """The name typed stays; the focus goes where the next keystroke belongs.
+    And the sign-in button, light or dark, reads at WCAG AA (4.5:1)."""
+    client = await gateway(make_config(str(upstream.make_url("/"))))
+    base = f"http://{client.server.host}:{client.server.port}"
+
+    def try_wrong() -> tuple[str, str, list[float]]:
+        browser.delete_all_cookies()
+        browser.get(f"{base}/_gateway/login")
+        focused_first = browser.switch_to.active_element.get_attribute("id")
+        browser.find_element(By.ID, "username").send_keys("alice")
+        browser.find_element(By.ID, "password").send_keys("wrong")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(browser, arrived.presence_of_element_located((By.CSS_SELECTOR, ".error")))
+        contrasts = []
+        for scheme in ("light", "dark"):
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [
+                {"name": "prefers-color-scheme", "value": scheme}]})
+            contrasts.append(browser.execute_script(CONTRAST, browser.find_element(
+                By.CSS_SELECTOR, "button[type=submit]")))
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+        return focused_first, browser.switch_to.active_element.get_attribute("id"), contrasts
+
+    first, after, contrasts = await asyncio.to_thread(try_wrong)
+    assert (first, after) == ("username", "password")
+    assert min(contrasts) >= 4.5, contrasts
+
+
+# The WCAG contrast ratio of an element's text colour on its background.
+CONTRAST = """
+const style = getComputedStyle(arguments[0]);
+const lum = (c) => {
+  const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
+    v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const [a, b] = [lum(style.color), lum(style.backgroundColor)].sort((x, y) => y - x);
+return (a + 0.05) / (b + 0.05);
+"""
+
+
 async def test_a_person_signs_out_another_device_on_the_sessions_page(
         upstream: Any, make_config: Any, gateway: Any, browser: Any) -> None:
     client = await gateway(make_config(str(upstream.make_url("/"))))

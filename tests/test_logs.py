@@ -6,6 +6,7 @@ password, cookie value or session id."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from typing import Any
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from authkit import send
 from conftest import seen_headers
-from gateway.logs import AccessLogger, JsonFormatter
+from gateway.logs import LINES, AccessLines, AccessLogger, JsonFormatter
 
 
 @pytest.fixture
@@ -37,24 +38,40 @@ async def test_one_access_line_per_request_with_the_id_the_app_saw(
     r = await send(client, "POST", "/_gateway/api/login",
                    json={"username": "alice", "password": "alice-pw"})
     token = r.set_cookies()["gateway_session"].split("=", 1)[1].split(";", 1)[0]
-    caplog.set_level(logging.INFO, logger="gateway.access")
-    caplog.clear()
-    r = await send(client, "GET", "/reports/q3?token=s3cret", token=token)
-    assert r.status == 200
-    (rid,) = seen_headers(r.json())["x-request-id"]
-    for _ in range(100):            # written once the response is out: a moment later
-        if lines := [rec for rec in caplog.records if rec.name == "gateway.access"]:
-            break
-        await asyncio.sleep(0.01)
-    (line,) = lines
-    fields = line.fields
-    assert fields == {"request_id": rid, "user": "alice", "method": "GET",
-                      "path": "/reports/q3", "status": 200, "upstream": "app",
-                      "duration_ms": fields["duration_ms"], "bytes": fields["bytes"]}
+    LINES.flush()
+    written = io.StringIO()
+    LINES.stream, LINES.json = written, True
+    try:
+        r = await send(client, "GET", "/reports/q3?token=s3cret", token=token)
+        assert r.status == 200
+        (rid,) = seen_headers(r.json())["x-request-id"]
+        for _ in range(100):            # written once the response is out: a moment later
+            LINES.flush()
+            if written.getvalue():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        LINES.stream, LINES.json = None, False
+    (line,) = [json.loads(text) for text in written.getvalue().splitlines()]
+    assert line == {"time": line["time"], "level": "info", "logger": "gateway.access",
+                    "pid": line["pid"], "request_id": rid, "user": "alice", "method": "GET",
+                    "path": "/reports/q3", "status": 200, "upstream": "app",
+                    "duration_ms": line["duration_ms"], "bytes": line["bytes"]}
     # Bytes sent, headers included (nginx's $bytes_sent).
-    assert len(r.body) < fields["bytes"] < len(r.body) + 2048
-    assert line.getMessage().startswith(f"{rid} alice GET /reports/q3 200 app ")
-    assert "s3cret" not in line.getMessage()
+    assert len(r.body) < line["bytes"] < len(r.body) + 2048
+    assert "s3cret" not in written.getvalue()
+
+
+def test_text_access_lines_read_like_the_other_log_lines() -> None:
+    written = io.StringIO()
+    lines = AccessLines("text", written)
+    lines.add({"request_id": "abc", "user": "alice", "method": "GET", "path": "/x",
+               "status": 200, "upstream": "app", "duration_ms": 1.5, "bytes": 512})
+    assert written.getvalue() == ""                   # until flushed, in a batch
+    lines.flush()
+    stamp, pid, rest = written.getvalue().split(" ", 2)
+    assert stamp.endswith("Z") and pid.isdigit()
+    assert rest == "INFO gateway.access: abc alice GET /x 200 app 1.5ms 512B\n"
 
 
 async def test_a_request_id_from_the_client_passes_if_it_is_plain(upstream, make_config,

@@ -3,6 +3,7 @@ allowed networks, and added up right across the workers of `gateway run`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from authkit import api_login, send
 from gateway.logs import AccessLogger
+from gateway.metrics import FLUSH_EVERY
 from test_cli import client_session, start_gateway  # noqa: F401  (a fixture)
 
 
@@ -76,11 +78,17 @@ async def test_a_scrape_counts_what_happened(upstream, make_config, served):
 
 async def test_only_the_allowed_networks_may_scrape(upstream, make_config, served):
     client = await served(make_config(str(upstream.make_url("/")),
-                                      trusted_proxies=["127.0.0.1/32"],
                                       metrics={"allow": ["10.0.0.0/8"]}))
     r = await send(client, "GET", "/_gateway/metrics", headers=[
-        ("X-Forwarded-For", "10.1.2.3")])              # the peer decides, not the header
+        ("X-Forwarded-For", "10.1.2.3")])              # not believed from anyone here
     assert (r.status, r.json()["error"]) == (403, "FORBIDDEN")
+    # Behind a trusted proxy on the same host, a client outside is still outside.
+    client = await served(make_config(str(upstream.make_url("/")),
+                                      trusted_proxies=["127.0.0.1/32"]))
+    r = await send(client, "GET", "/_gateway/metrics", headers=[
+        ("X-Forwarded-For", "203.0.113.7")])
+    assert (r.status, r.json()["error"]) == (403, "FORBIDDEN")
+    assert (await send(client, "GET", "/_gateway/metrics")).status == 200
     client = await served(make_config(str(upstream.make_url("/")),
                                       metrics={"enabled": False}))
     assert (await send(client, "GET", "/_gateway/metrics")).status == 404
@@ -97,6 +105,8 @@ async def test_every_worker_s_requests_are_counted(redis_server, upstream, start
             async with session.get(gw.base + "/static/x.css",
                                    headers={"Connection": "close"}) as r:
                 assert r.status == 200
+        # Each worker hands its counts over once a second (metrics.FLUSH_EVERY).
+        await asyncio.sleep(FLUSH_EVERY + 0.5)
         totals = set()
         for _ in range(6):
             async with session.get(gw.base + "/_gateway/metrics",

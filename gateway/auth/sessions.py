@@ -33,7 +33,7 @@ from ..config import Config
 from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, RENEWED, REVOKED_BY_ADMIN,
                      REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED,
                      AtCapacity, Block, Ending, Session, SessionStore, StoreUnavailable, end_if_cancelled)
-from ..metrics import CACHE_HIT, CACHE_MISS, THROTTLED
+from ..metrics import THROTTLED, cache_hit, cache_miss
 from .cache import SessionCache
 from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, MFA_ENROLLED, MFA_RECOVERY_USED,
                      SIGN_IN_FAILED, STARTED, THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
@@ -559,9 +559,9 @@ class SessionService:
     async def _lookup(self, username: str, sid: str, now: float) -> Session | None:
         session = self.cache.get(sid)
         if session is not None and session.username == username and session.alive(now):
-            CACHE_HIT.inc()
+            cache_hit()
             return session
-        CACHE_MISS.inc()
+        cache_miss()
         generation = self.cache.generation
         session = await self.store.get(username, sid)
         if session is not None and session.alive(now):
