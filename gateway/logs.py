@@ -85,21 +85,24 @@ class AccessLines:
         self._second = -1
         self._stamp = ""
 
-    def add(self, fields: dict[str, Any]) -> None:
+    def add(self, rid: str, user: str, method: str, path: str, status: int, upstream: str,
+            duration: float, sent: int) -> None:
         now = time.time()
-        if int(now) != self._second:       # the time of day, formatted once a second
-            self._second = int(now)
+        second = int(now)
+        if second != self._second:         # the time of day, formatted once a second
+            self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        stamp = f"{self._stamp}.{int(now * 1000) % 1000:03d}Z"
+        ms = round(duration * 1000, 1)
         if self.json:
-            self._lines.append(json.dumps({"time": stamp, "level": "info",
-                                           "logger": "gateway.access", "pid": _PID,
-                                           **fields}) + "\n")
+            self._lines.append(json.dumps({
+                "time": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
+                "logger": "gateway.access", "pid": _PID, "request_id": rid, "user": user,
+                "method": method, "path": path, "status": status, "upstream": upstream,
+                "duration_ms": ms, "bytes": sent}) + "\n")
         else:
-            self._lines.append(
-                f"{stamp} {_PID} INFO gateway.access: {fields['request_id']} {fields['user']} "
-                f"{fields['method']} {fields['path']} {fields['status']} {fields['upstream']} "
-                f"{fields['duration_ms']}ms {fields['bytes']}B\n")
+            self._lines.append(f"{self._stamp}.{int((now - second) * 1000):03d}Z {_PID} INFO "
+                               f"gateway.access: {rid} {user} {method} {path} {status} "
+                               f"{upstream} {ms}ms {sent}B\n")
         if len(self._lines) >= 1000:
             self.flush()
 
@@ -155,8 +158,6 @@ class AccessLogger(AbstractAccessLogger):
             answered(outcome(response), upstream, response.status, duration)
         if self.LINES:
             # As sent (percent-escapes kept: no line breaks), without the query.
-            LINES.add({"request_id": request_id(request), "user": user,
-                       "method": request.method, "path": request.raw_path.partition("?")[0],
-                       "status": response.status, "upstream": upstream,
-                       "duration_ms": round(duration * 1000, 1),
-                       "bytes": response.body_length})
+            LINES.add(request_id(request), user, request.method,
+                      request.raw_path.partition("?")[0], response.status, upstream,
+                      duration, response.body_length)

@@ -65,8 +65,7 @@ async def test_one_access_line_per_request_with_the_id_the_app_saw(
 def test_text_access_lines_read_like_the_other_log_lines() -> None:
     written = io.StringIO()
     lines = AccessLines("text", written)
-    lines.add({"request_id": "abc", "user": "alice", "method": "GET", "path": "/x",
-               "status": 200, "upstream": "app", "duration_ms": 1.5, "bytes": 512})
+    lines.add("abc", "alice", "GET", "/x", 200, "app", 0.0015, 512)
     assert written.getvalue() == ""                   # until flushed, in a batch
     lines.flush()
     stamp, pid, rest = written.getvalue().split(" ", 2)
