@@ -2,7 +2,7 @@
 
 from .load import ConfigError, Section, build_config, default_config_path, load_config, read_yaml
 from .schema import (AssertionConfig, Config, IdentityHeaders, Limits, MfaConfig,
-                     RateLimitRule, RedisConfig, Rule, SessionConfig, ThrottleConfig, Upstream, UsersConfig)
+                     RateLimitRule, RedisConfig, Rule, SentinelConfig, SessionConfig, ThrottleConfig, Upstream, UsersConfig)
 from .values import bad_role, origin_of, parse_duration, parse_size
 
 __all__ = ["AssertionConfig", "Config", "ConfigError", "IdentityHeaders", "Limits",

@@ -198,6 +198,16 @@ def build_config(data: Any, base_dir: Path = Path("."),
     if domain and host != domain and not host.endswith("." + domain):
         problems.append(f"cookie.domain: {domain!r} does not contain public_url's host "
                         f"{host!r}, so browsers would refuse the cookie")
+    sentinel = session.redis.sentinel
+    if sentinel.nodes and not sentinel.master_name:
+        problems.append("session.redis.sentinel.master_name: is required with "
+                        "session.redis.sentinel.nodes (the name the sentinels monitor)")
+    if sentinel.master_name and not sentinel.nodes:
+        problems.append("session.redis.sentinel.nodes: list the sentinels (host:port) that "
+                        "monitor " + repr(sentinel.master_name))
+    if sentinel.nodes and session.redis.url.startswith("unix:"):
+        problems.append("session.redis.url: a unix socket cannot be reached through "
+                        "Sentinel; use redis:// or rediss:// for the credentials and db")
     if session.store == "memory" and config.workers > 1:
         problems.append("workers: the memory session store is per process; "
                         "use session.store: redis with more than one worker")

@@ -81,8 +81,18 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class SentinelConfig:
+    """Redis Sentinel: the master is asked of these sentinels (store/client.py)."""
+    master_name: str | None = key(None, v.optional_string)
+    nodes: tuple[tuple[str, int], ...] = key([], v.host_ports)
+    # The sentinels' own password (the data nodes' comes from url).
+    password: str | None = key(None, v.optional_string)
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     url: str = key("redis://127.0.0.1:6379/0", v.url(("redis", "rediss", "unix")))
+    sentinel: SentinelConfig = section(SentinelConfig)
     key_prefix: str = key("gw", v.string)
     timeout: float = key("1s", v.duration())
     max_connections: int = key(64, v.integer(minimum=1))

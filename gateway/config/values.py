@@ -81,6 +81,18 @@ def parse_listen(value: Any) -> tuple[str, int]:
 
 
 
+def host_ports(v: Any) -> tuple[tuple[str, int], ...]:
+    """A list of ``host:port`` (IPv6 as ``[::1]:26379``)."""
+    items = str_list(v)
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(parse_listen(item))
+        except ValueError as exc:
+            raise ItemError(i, str(exc), item) from None
+    return tuple(out)
+
+
 def duration(minimum: float = 0.001) -> Parser:
     def parse(v: Any) -> float:
         seconds = parse_duration(v)

@@ -1,15 +1,24 @@
 """The one place a Redis client is built from ``session.redis``.
 
 Every client the gateway holds comes from here, so timeouts, retries and
-pool limits are set once (and the Sentinel and Cluster forms extend this
-function, not its callers). A client built with ``from_pool`` owns its
-pool: ``aclose()`` closes the pool's connections too.
+pool limits are set once, whatever the topology: one Redis (``url``), or
+the master that Redis Sentinel names (``sentinel``; then ``url`` gives only
+the scheme, credentials and database). A client built with ``from_pool``
+owns its pool: ``aclose()`` closes the pool's connections too.
+
+Under Sentinel every new connection asks the sentinels for the master, so
+after a failover the client finds the new one by itself; a connection to
+the old master fails (or, once it is a replica, refuses writes), which the
+store turns into StoreUnavailable: requests answer 503 until then, never
+from stale data.
 """
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from ..config import RedisConfig
@@ -19,6 +28,8 @@ def connect(config: RedisConfig, *, dedicated: bool = False) -> aioredis.Redis:
     """A pooled client; ``dedicated``: one connection of its own with no retries
     (the revocation feed, which must notice every drop rather than hide it)."""
     timeout = config.timeout
+    if config.sentinel.nodes:
+        return _sentinel_master(config, dedicated)
     if dedicated:
         return aioredis.Redis.from_url(config.url, socket_timeout=timeout,
                                        socket_connect_timeout=timeout,
@@ -34,3 +45,34 @@ def connect(config: RedisConfig, *, dedicated: bool = False) -> aioredis.Redis:
         max_connections=config.max_connections,
         timeout=timeout)
     return aioredis.Redis.from_pool(pool)
+
+
+def _sentinel_master(config: RedisConfig, dedicated: bool) -> aioredis.Redis:
+    sentinel = config.sentinel
+    timeout = config.timeout
+    node = parse_url(config.url)            # credentials, database, TLS
+    data_node = {k: node[k] for k in ("username", "password", "db") if node.get(k) is not None}
+    if node.get("connection_class") is SSLConnection:
+        data_node["ssl"] = True
+    watchers = Sentinel(
+        list(sentinel.nodes),
+        sentinel_kwargs={"password": sentinel.password, "socket_timeout": timeout,
+                         "socket_connect_timeout": timeout},
+        socket_timeout=timeout, socket_connect_timeout=timeout, **data_node)
+    client = watchers.master_for(
+        sentinel.master_name, redis_class=_MasterClient,
+        retry=Retry(NoBackoff(), 0 if dedicated else 1),
+        max_connections=1 if dedicated else config.max_connections,
+        health_check_interval=0 if dedicated else 30)
+    client.sentinels = watchers.sentinels
+    return client
+
+
+class _MasterClient(aioredis.Redis):
+    """The master's client, which closes the sentinels' connections with its own."""
+    sentinels: list[aioredis.Redis] = []
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for watcher in self.sentinels:
+            await watcher.aclose()
