@@ -14,6 +14,7 @@ import asyncio
 import copy
 import hashlib
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
 from argon2 import PasswordHasher
 
 from gateway.app import create_app
@@ -287,6 +289,20 @@ def gateway(aiohttp_client: Any) -> Callable[..., Any]:
     async def start(config: Config, store: Any = None, clock: Any = time.time) -> Any:
         return await aiohttp_client(create_app(config, store=store, clock=clock),
                                     server_kwargs={"host": "127.0.0.1"})
+    return start
+
+
+@pytest.fixture
+def answering(aiohttp_client: Any) -> Callable[..., Any]:
+    """``await answering(config)``: a gateway as ``gateway run`` serves it,
+    its answered requests reaching the access log and the metrics."""
+    from gateway.logs import AccessLogger
+
+    async def start(config: Config) -> Any:
+        server = TestServer(create_app(config), host="127.0.0.1")
+        await server.start_server(access_log_class=AccessLogger,
+                                  access_log=logging.getLogger("gateway.access"))
+        return await aiohttp_client(server)
     return start
 
 

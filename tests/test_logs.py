@@ -12,29 +12,15 @@ import logging
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from authkit import send
 from conftest import seen_headers
-from gateway.logs import LINES, AccessLines, AccessLogger, JsonFormatter
-
-
-@pytest.fixture
-def logged(aiohttp_client: Any) -> Any:
-    """A gateway whose access log goes through the gateway's AccessLogger."""
-    from gateway.app import create_app
-
-    async def start(config: Any) -> Any:
-        server = TestServer(create_app(config), host="127.0.0.1")
-        await server.start_server(access_log_class=AccessLogger,
-                                  access_log=logging.getLogger("gateway.access"))
-        return await aiohttp_client(server)
-    return start
+from gateway.logs import LINES, AccessLines, JsonFormatter
 
 
 async def test_one_access_line_per_request_with_the_id_the_app_saw(
-        upstream, make_config, logged, caplog):
-    client = await logged(make_config(str(upstream.make_url("/"))))
+        upstream, make_config, answering, caplog):
+    client = await answering(make_config(str(upstream.make_url("/"))))
     r = await send(client, "POST", "/_gateway/api/login",
                    json={"username": "alice", "password": "alice-pw"})
     token = r.set_cookies()["gateway_session"].split("=", 1)[1].split(";", 1)[0]
@@ -97,9 +83,9 @@ def test_json_lines_carry_the_access_fields() -> None:
     assert line["time"].endswith("Z") and line["logger"] == "gateway.access"
 
 
-async def test_a_session_end_is_said_once_and_secrets_never(upstream, make_config, logged,
+async def test_a_session_end_is_said_once_and_secrets_never(upstream, make_config, answering,
                                                             caplog):
-    client = await logged(make_config(str(upstream.make_url("/"))))
+    client = await answering(make_config(str(upstream.make_url("/"))))
     caplog.set_level(logging.DEBUG)
     r = await send(client, "POST", "/_gateway/api/login",
                    json={"username": "alice", "password": "alice-pw"})

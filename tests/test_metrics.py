@@ -4,15 +4,12 @@ allowed networks, and added up right across the workers of `gateway run`."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from authkit import api_login, send
-from gateway.logs import AccessLogger
 from gateway.metrics import FLUSH_EVERY
 from test_cli import client_session, start_gateway  # noqa: F401  (a fixture)
 
@@ -26,27 +23,14 @@ def value(found: dict, name: str, **labels: str) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture
-def served(aiohttp_client: Any) -> Any:
-    """A gateway whose answered requests reach the metrics, as under `gateway run`."""
-    from gateway.app import create_app
-
-    async def start(config: Any) -> Any:
-        server = TestServer(create_app(config), host="127.0.0.1")
-        await server.start_server(access_log_class=AccessLogger,
-                                  access_log=logging.getLogger("gateway.access"))
-        return await aiohttp_client(server)
-    return start
-
-
 async def scrape(client: Any) -> dict:
     r = await send(client, "GET", "/_gateway/metrics", accept="text/plain")
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     return samples(r.text)
 
 
-async def test_a_scrape_counts_what_happened(upstream, make_config, served):
-    client = await served(make_config(str(upstream.make_url("/"))))
+async def test_a_scrape_counts_what_happened(upstream, make_config, answering):
+    client = await answering(make_config(str(upstream.make_url("/"))))
     before = await scrape(client)
     token = await api_login(client)
     await send(client, "POST", "/_gateway/api/login",
@@ -76,20 +60,20 @@ async def test_a_scrape_counts_what_happened(upstream, make_config, served):
     assert not labels & {"alice", "/x", "/admin", token}
 
 
-async def test_only_the_allowed_networks_may_scrape(upstream, make_config, served):
-    client = await served(make_config(str(upstream.make_url("/")),
+async def test_only_the_allowed_networks_may_scrape(upstream, make_config, answering):
+    client = await answering(make_config(str(upstream.make_url("/")),
                                       metrics={"allow": ["10.0.0.0/8"]}))
     r = await send(client, "GET", "/_gateway/metrics", headers=[
         ("X-Forwarded-For", "10.1.2.3")])              # not believed from anyone here
     assert (r.status, r.json()["error"]) == (403, "FORBIDDEN")
     # Behind a trusted proxy on the same host, a client outside is still outside.
-    client = await served(make_config(str(upstream.make_url("/")),
+    client = await answering(make_config(str(upstream.make_url("/")),
                                       trusted_proxies=["127.0.0.1/32"]))
     r = await send(client, "GET", "/_gateway/metrics", headers=[
         ("X-Forwarded-For", "203.0.113.7")])
     assert (r.status, r.json()["error"]) == (403, "FORBIDDEN")
     assert (await send(client, "GET", "/_gateway/metrics")).status == 200
-    client = await served(make_config(str(upstream.make_url("/")),
+    client = await answering(make_config(str(upstream.make_url("/")),
                                       metrics={"enabled": False}))
     assert (await send(client, "GET", "/_gateway/metrics")).status == 404
 
