@@ -2,7 +2,8 @@
 
 ``logging.format: json`` writes one JSON object a line (``time``, ``level``,
 ``logger``, ``message``, and an access line's fields), for log shippers.
-The access log (``access_log``, on by default) is one line per request,
+The access log (``access_log``, on by default, whatever ``log_level``
+says) is one line per request,
 written by aiohttp once the response is sent: time, request id, user,
 method, path, status, upstream, duration and bytes sent (headers included,
 as nginx's ``$bytes_sent``). The path is logged
@@ -63,8 +64,10 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    text = logging.Formatter("%(asctime)s.%(msecs)03dZ %(process)d %(levelname)s %(name)s: "
+                             "%(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    text.converter = time.gmtime         # UTC, as the access lines and JSON lines
+    handler.setFormatter(JsonFormatter() if fmt == "json" else text)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

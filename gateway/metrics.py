@@ -41,7 +41,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .auth.events import ENDED, SIGN_IN_FAILED, STARTED, THROTTLE_BLOCKED, SessionEvent
 from .errors import error_response
-from .proxy.headers import client_ip
+from .proxy.headers import client_ip, is_trusted
 from .store import StoreUnavailable
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -193,8 +193,11 @@ async def scrape(request: web.Request) -> web.Response:
     from .state import GATEWAY
     gw = request.app[GATEWAY]
     # The client, not a proxy in front of it (believed only from trusted_proxies).
-    client = client_ip(request.remote, request.headers, gw.config.trusted_proxies)
-    if not allowed(client, gw.config.metrics.allow):
+    trusted = gw.config.trusted_proxies
+    client = client_ip(request.remote, request.headers, trusted)
+    # A proxy's own address means its X-Forwarded-For named nobody we can read.
+    unnamed = is_trusted(client, trusted) and "X-Forwarded-For" in request.headers
+    if unnamed or not allowed(client, gw.config.metrics.allow):
         return error_response(request, 403, "FORBIDDEN",
                               "Metrics are served only to the networks in metrics.allow.")
     flush()

@@ -205,3 +205,31 @@ async def test_a_shared_cookie_domain(upstream, make_config, gateway):
     r = await ask(client, nginx("https://app.example.com/x"), token,
                   cookie_name="__Secure-gateway_session")
     assert r.status == 200 and r.headers["X-Auth-User"] == "alice"
+
+
+@pytest.mark.parametrize("url", ["http://app.example.com?/admin/x", "http://app@evil/admin",
+                                 "http://app.example.com", "http://a b/x"])
+async def test_a_host_must_be_a_host(gw, url):
+    """nginx passes "Host: app?" on; with it, the path would read as a query."""
+    client = await gw()
+    token = await api_login(client)
+    r = await ask(client, nginx(url), token)
+    assert (r.status, r.json()["error"]) == (400, "BAD_REQUEST")
+    r = await ask(client, [("X-Forwarded-Proto", "http"), ("X-Forwarded-Host", "app?"),
+                           ("X-Forwarded-Uri", "/admin/x")], token)
+    assert (r.status, r.json()["error"]) == (400, "BAD_REQUEST")
+
+
+@pytest.mark.parametrize("path", ["/_gateway", "/_gateway/metrics", "/_gateway/auth"])
+async def test_the_gateway_s_machine_endpoints_are_not_its_pages(gw, path):
+    client = await gw()
+    r = await ask(client, nginx(f"http://127.0.0.1:8080{path}"))
+    assert r.status in (401, 403), r
+    r = await ask(client, nginx("http://127.0.0.1:8443/_gateway/login"))   # another port
+    assert r.status in (401, 403), r
+
+
+async def test_a_double_encoded_backslash_is_not_canonical(gw):
+    client = await gw()
+    r = await ask(client, nginx("http://127.0.0.1:8080/static/..%255cadmin"))
+    assert (r.status, r.json()["error"]) == (400, "BAD_REQUEST")

@@ -139,13 +139,17 @@ async def test_a_person_signs_in_through_the_proxy_and_the_app_sees_who(site):
             "csrf_token": csrf_of(page), "username": "alice", "password": "alice-pw",
             "rd": f"{site}/reports?year=2026"})
         assert (r.status, r.headers["Location"]) == (303, f"{site}/reports?year=2026")
-        r = await b.get(f"{site}/reports?year=2026",
-                        headers=[*SPOOFED, ("Cookie", "theme=dark; lang=en")])
+        jar = b.cookie_jar.filter_cookies(URL(site))["gateway_session"].value
+        # Two copies of it (a browser can hold a __Host- and a __Secure- one).
+        r = await b.get(f"{site}/reports?year=2026", headers=[*SPOOFED, (
+            "Cookie", f"theme=dark; gateway_session={jar}; lang=en; "
+                      f"__Secure-gateway_session={jar}; my_gateway_session=kept")])
         body = await r.json()
         assert r.status == 200 and body["path"] == "/reports?year=2026"
         # The app gets its own cookies, never the gateway's session.
         (cookie,) = seen_headers(body)["cookie"]
-        assert "gateway_session" not in cookie and "theme=dark" in cookie
+        assert jar not in cookie and "theme=dark" in cookie and "lang=en" in cookie
+        assert "my_gateway_session=kept" in cookie
         seen = identity_seen(body)
         assert seen["x-auth-user"] == ["alice"] and seen["x-auth-roles"] == ["user"]
         assert seen["x-auth-assertion"] != ["forged.jwt.value"]
@@ -154,6 +158,15 @@ async def test_a_person_signs_in_through_the_proxy_and_the_app_sees_who(site):
         r = await b.get(f"{site}/admin", headers=[
             ("X-Original-URL", f"{site}/static/x.css"), ("X-Forwarded-Uri", "/static/x.css")])
         assert r.status == 403
+        # A Host that would turn the path into a query: refused, not judged as "/".
+        import socket as sockets
+        port = int(site.rsplit(":", 1)[1])
+        with sockets.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(f"GET /admin/secret HTTP/1.1\r\nHost: 127.0.0.1:{port}?\r\n"
+                        f"Cookie: gateway_session={jar}\r\nConnection: close\r\n\r\n"
+                        .encode())
+            answer = raw.recv(65536).decode("latin-1")
+        assert answer.split()[1] in ("400", "500"), answer[:200]
 
 
 async def test_spoofed_identity_never_reaches_the_app(site):

@@ -118,3 +118,13 @@ def test_the_dashboard_asks_only_for_metrics_that_exist() -> None:
              for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
     assert asked - exist - {"gateway_active_sessions"} == set()
     assert len(asked) >= 10
+
+
+async def test_a_forwarded_address_nobody_can_read_is_not_local(upstream, make_config,
+                                                                answering):
+    client = await answering(make_config(str(upstream.make_url("/")),
+                                         trusted_proxies=["127.0.0.1/32"]))
+    for garbage in ("203.0.113.7:5555", "[2001:db8::1]", "unknown"):
+        r = await send(client, "GET", "/_gateway/metrics",
+                       headers=[("X-Forwarded-For", garbage)])
+        assert r.status == 403, garbage

@@ -33,17 +33,17 @@ the proxy forwards the path as the client sent it.
 from __future__ import annotations
 
 import logging
-from urllib.parse import unquote, urlencode, urlsplit
+import re
+from urllib.parse import unquote, urlencode
 
 from aiohttp import web
 
-from ..config import Config, Upstream
+from ..config import Config, Upstream, origin_of
 from ..errors import error_response, wants_html
 from ..state import GATEWAY
 from .decide import Refusal, counts_as_activity, decide
-from .access import hostname
 from .headers import client_ip, is_trusted, user_agent_of
-from .paths import BadPath, has_prefix, normalize_path
+from .paths import BadPath, normalize_path
 from .pipeline import identity_headers
 
 log = logging.getLogger("gateway.forward_auth")
@@ -54,31 +54,35 @@ FALLBACK = Upstream(name="forward-auth", url="http://forward-auth.invalid")
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
+# A Host as a proxy may pass it on: a name or an address, a port; nothing
+# else (nginx lets "?" or "@" through, which would move the path).
+_HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 def original_request(request: web.Request) -> tuple[str, str, str, str] | None:
     """``(scheme, host, raw path and query, method)`` of the request the
-    proxy asks about, from its headers; None if they do not say, or say it
-    both ways: a proxy of one kind passes the other kind's headers on from
-    the client (Caddy copies a client's ``X-Original-URL``), so which one
-    the proxy set cannot be told."""
+    proxy asks about, from its headers; None if they do not say, say it
+    both ways (a proxy of one kind passes the other kind's headers on from
+    the client: Caddy copies a client's ``X-Original-URL``), or name a host
+    that is not one (``Host: app?`` would turn the path into a query)."""
     h = request.headers
     url, uri, host = h.get("X-Original-URL"), h.get("X-Forwarded-Uri"), h.get("X-Forwarded-Host")
     if url and uri:
         return None
     if url:
-        try:
-            parts = urlsplit(url)
-        except ValueError:
+        scheme, sep, rest = url.partition("://")
+        authority, slash, tail = rest.partition("/")
+        if not sep or scheme.lower() not in ("http", "https") or not slash \
+                or not _HOST.fullmatch(authority):
             return None
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return None
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "") + \
-            ("#" if "#" in url else "")          # kept, so that it is refused
-        return parts.scheme, parts.netloc, target, _method(h.get("X-Original-Method"))
+        return scheme.lower(), authority, "/" + tail, _method(h.get("X-Original-Method"))
     if not uri or not host:
         return None
+    host = host.split(",", 1)[0].strip()
+    if not _HOST.fullmatch(host) or not uri.startswith("/"):
+        return None
     scheme = h.get("X-Forwarded-Proto", "http").split(",", 1)[0].strip().lower()
-    return (scheme, host.split(",", 1)[0].strip(), uri,
-            _method(h.get("X-Forwarded-Method")))
+    return scheme, host, uri, _method(h.get("X-Forwarded-Method"))
 
 
 def canonical(target: str) -> None:
@@ -92,10 +96,18 @@ def canonical(target: str) -> None:
     if "#" in target:
         raise BadPath("request target contains a fragment")
     for decoded in (path, unquote(path), unquote(unquote(path))):
-        if "//" in decoded or any(seg in (".", "..") or seg.split(";", 1)[0] in (".", "..")
-                                  for seg in decoded.split("/")[1:]):
+        if "\\" in decoded or "//" in decoded or any(
+                seg in (".", "..") or seg.split(";", 1)[0] in (".", "..")
+                for seg in decoded.split("/")[1:]):
             raise BadPath("request path is not canonical (dot segments or '//'); "
                           "a proxy in front forwards it as sent")
+
+
+def own_page(path: str, prefix: str) -> bool:
+    """A page of the gateway's own, which guards itself: under the prefix,
+    but not its two machine endpoints (a proxy must not serve those)."""
+    return path.startswith(prefix + "/") and path not in (f"{prefix}/auth",
+                                                           f"{prefix}/metrics")
 
 
 def _method(value: str | None) -> str:
@@ -124,8 +136,7 @@ async def check(request: web.Request) -> web.StreamResponse:
     except BadPath as exc:
         return error_response(request, 400, "BAD_REQUEST", str(exc), headers=_NO_STORE,
                               retry=False)
-    if has_prefix(path, config.prefix) and hostname(host) == hostname(
-            urlsplit(config.public_url).netloc):
+    if own_page(path, config.prefix) and origin_of(f"{scheme}://{host}") == gw.public_origin:
         return web.Response(status=200, headers={
             **_NO_STORE, **dict.fromkeys(config.headers.names(), "")})
 
