@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..auth.devices import Device, describe
 from ..auth.events import ENDED, STARTED, SessionEvent
-from ..auth.security import fingerprint
+from ..auth.events import fingerprint
 from ..config import Config, ConfigError
 from ..store import SessionStore, StoreUnavailable, end_if_cancelled
 from .stats import tally

@@ -9,6 +9,7 @@ block; one that raises is logged and the others still run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -31,6 +32,11 @@ CONFIG_RELOADED = "config.reloaded"
 MFA_ENROLLED = "mfa.enrolled"
 MFA_RESET = "mfa.reset"
 MFA_RECOVERY_USED = "mfa.recovery_used"
+
+
+def fingerprint(sid: str) -> str:
+    """Names a session in records others may read, without its id (a bearer secret)."""
+    return hashlib.sha256(sid.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ client alternating between two addresses costs one store call per address.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config
 from ..store import IP_CHANGED, UA_CHANGED, Ending, Session, SessionStore
 from .devices import Device, describe
-from .events import Events, SessionEvent
+from .events import Events, SessionEvent, fingerprint
 from .sessions import iso
 
 if TYPE_CHECKING:
@@ -53,11 +52,6 @@ _SIGN_IN_WINDOW = 60.0
 # Distinct User-Agent strings one session may show a worker before that
 # itself is the finding: a browser sends one, and each new one costs a parse.
 _MAX_AGENTS = 8
-
-
-def fingerprint(sid: str) -> str:
-    """Names a session in records others may read, without its id (a bearer secret)."""
-    return hashlib.sha256(sid.encode()).hexdigest()[:12]
 
 
 def lineage(device: Device) -> tuple[str, str]:

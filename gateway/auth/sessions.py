@@ -33,10 +33,11 @@ from ..config import Config
 from ..store import (ABSOLUTE, EXPIRED, IDLE, IP_CHANGED, LOGOUT, RENEWED, REVOKED_BY_ADMIN,
                      REVOKED_BY_USER, SESSION_LIMIT, UA_CHANGED, USER_DISABLED, USER_LOCKED,
                      AtCapacity, Block, Ending, Session, SessionStore, StoreUnavailable, end_if_cancelled)
-from ..metrics import THROTTLED, cache_hit, cache_miss
+from ..metrics import cache_hit, cache_miss
 from .cache import SessionCache
 from .events import (ENDED, LOCKED, LOGGED_OUT_BY_ADMIN, MFA_ENROLLED, MFA_RECOVERY_USED,
-                     SIGN_IN_FAILED, STARTED, THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent)
+                     SIGN_IN_FAILED, STARTED, THROTTLE_BLOCKED, UNLOCKED, Events, SessionEvent,
+                     fingerprint)
 from .throttle import LoginThrottle, Throttled
 from .totp import Checked, OtpInvalid, SecondFactor
 from .users import canonical_username
@@ -193,7 +194,6 @@ class SessionService:
         evicted = await self.store.create(session, s.max_per_user, s.history, refuse=refuse)
         details = {"mfa": mfa.method} if mfa else {}
         if renewing is not None:
-            from .security import fingerprint
             details["renewed"] = fingerprint(renewing.id)
         self.events.emit(SessionEvent(STARTED, session, now, actor=user.key, details=details))
         for old in evicted:
@@ -229,7 +229,6 @@ class SessionService:
         if throttle is not None:
             wait = await throttle.attempt(strikes)
             if wait > 0:
-                THROTTLED.inc()
                 self._refused(typed, ip, user_agent, wait)
                 await asyncio.sleep(self.users.typical_check)     # as slow as a refusal
                 raise Throttled(wait)
@@ -318,11 +317,9 @@ class SessionService:
         if session is None:
             strikes = throttle.code_strikes(user.key, device)
         else:
-            from .security import fingerprint
             strikes = throttle.session_strikes(user.key, fingerprint(session.id), "code")
         wait = await throttle.attempt(strikes)
         if wait > 0:
-            THROTTLED.inc()
             raise Throttled(wait)
         checked = await self.mfa.check(user, secret, code)
         if checked is None:
@@ -471,7 +468,6 @@ class SessionService:
 
     def _ended(self, session: Session, ending: Ending, actor: str, now: float) -> None:
         # Logged by the one process that ended it (the store says which).
-        from .security import fingerprint
         log.info("session %s of %s ended: %s (by %s)", fingerprint(session.id),
                  session.username, ending.reason, actor)
         self.cache.drop(session.id)
@@ -617,14 +613,12 @@ class SessionService:
         assert self.users is not None, "not in an operator tool"
         # Guessed like a sign-in, but counted per session (a stolen one is the
         # case this guards), wherever its requests come from.
-        from .security import fingerprint
         name, throttle = identity.user.username, self.throttle
         strikes = throttle.session_strikes(name, fingerprint(identity.session.id)) \
             if throttle is not None else []
         if throttle is not None:
             wait = await throttle.attempt(strikes)
             if wait > 0:
-                THROTTLED.inc()
                 await asyncio.sleep(self.users.typical_check)
                 raise Throttled(wait)
         if await self.users.verify(name, password) is None:

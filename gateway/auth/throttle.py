@@ -29,6 +29,7 @@ import hashlib
 import ipaddress
 
 from ..config import ThrottleConfig
+from ..metrics import THROTTLED
 from ..store import Block, SessionStore, Strike
 from .users import canonical_username
 
@@ -105,8 +106,12 @@ class LoginThrottle:
         return [Strike(key, c.pair.failures, c.pair.window, c.pair.block, info)]
 
     async def attempt(self, strikes: list[Strike]) -> float:
-        """Before the password is checked: 0, or the seconds to wait."""
-        return await self.store.throttle_attempt(strikes)
+        """Before the password (or code) is checked: 0, or the seconds to
+        wait (a refused attempt, counted in the metrics here for every caller)."""
+        wait = await self.store.throttle_attempt(strikes)
+        if wait > 0:
+            THROTTLED.inc()
+        return wait
 
     async def failed(self, strikes: list[Strike]) -> list[Block]:
         """A wrong password: the blocks it started (each an audit event)."""

@@ -32,7 +32,7 @@ from aiohttp import web
 from ..audit.search import audit_filter, audit_search, parse_time
 from ..audit.stats import report
 from ..auth.devices import describe
-from ..auth.security import fingerprint
+from ..auth.events import fingerprint
 from ..auth.sessions import Identity
 from ..errors import json_error
 from ..state import Gateway
