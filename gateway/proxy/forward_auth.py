@@ -103,6 +103,11 @@ def canonical(target: str) -> None:
                           "a proxy in front forwards it as sent")
 
 
+def _no_identity(config: Config) -> dict[str, str]:
+    """Every identity header, empty: what a proxy copies then replaces a client's."""
+    return dict.fromkeys(config.headers.names(), "")
+
+
 def own_page(path: str, prefix: str) -> bool:
     """A page of the gateway's own, which guards itself: under the prefix,
     but not its two machine endpoints (a proxy must not serve those)."""
@@ -137,8 +142,7 @@ async def check(request: web.Request) -> web.StreamResponse:
         return error_response(request, 400, "BAD_REQUEST", str(exc), headers=_NO_STORE,
                               retry=False)
     if own_page(path, config.prefix) and origin_of(f"{scheme}://{host}") == gw.public_origin:
-        return web.Response(status=200, headers={
-            **_NO_STORE, **dict.fromkeys(config.headers.names(), "")})
+        return web.Response(status=200, headers={**_NO_STORE, **_no_identity(config)})
 
     h = request.headers
     ip = client_ip(request.remote, h, config.trusted_proxies)
@@ -168,7 +172,7 @@ async def check(request: web.Request) -> web.StreamResponse:
     # sets nothing a client could have sent (Caddy 2.6 would otherwise copy
     # its unresolved placeholder, "{http.reverse_proxy.header.X-Auth-User}").
     identity_out = identity_headers(gw, verdict.upstream.name, identity) if identity \
-        else dict.fromkeys(config.headers.names(), "")
+        else _no_identity(config)
     return web.Response(status=200, headers={**_NO_STORE, **identity_out})
 
 
