@@ -7,7 +7,6 @@ handlers check the form (CSRF token, Origin), the password, and answer.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +23,7 @@ from ..state import Gateway
 from ..store import LOGOUT, AtCapacity, Session, StoreUnavailable
 from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of,
                      json_object, render, same_origin, see_other)
-from .my_sessions import humanize
+from .my_sessions import wait_text
 from .redirects import safe_redirect
 from .two_factor import enrolment_view
 
@@ -83,12 +82,6 @@ def _set_cookie(response: web.StreamResponse, gw: Gateway, identity: Identity,
     gw.devices.set(response, gw.config, device)
 
 
-def _wait_text(retry_after: float) -> str:
-    # The wait depends on the block alone: the same for every account.
-    seconds = math.ceil(retry_after)    # never less than Retry-After says
-    return humanize(seconds if seconds < 60 else math.ceil(seconds / 60) * 60)
-
-
 # -- sign in -------------------------------------------------------------------
 
 async def login_page(request: web.Request, *, status: int = 200, error: str | None = None,
@@ -132,7 +125,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     except Throttled as exc:
         page = await login_page(request, status=429, username=username, remember=remember,
                                 rd=rd, error=f"Too many sign-in attempts. Try again in "
-                                             f"{_wait_text(exc.retry_after)}.")
+                                             f"{wait_text(exc.retry_after)}.")
         page.headers.update(throttled_headers(exc.retry_after))
         return page
     except OtpRequired as exc:
@@ -208,7 +201,7 @@ async def _code_submit(request: web.Request, gw: Gateway, otp: str, rd: str,
     except Throttled as exc:
         page = await _code_page(request, gw, held, rd, status=429,
                                 error=f"Too many wrong codes. Try again in "
-                                      f"{_wait_text(exc.retry_after)}.")
+                                      f"{wait_text(exc.retry_after)}.")
         page.headers.update(throttled_headers(exc.retry_after))
         return page
     except AtCapacity:

@@ -21,6 +21,7 @@ lifecycle (auth/sessions.py), so each is recorded with its reason and actor.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +50,14 @@ def humanize(seconds: float) -> str:
             return f"{n} {unit}{'' if n == 1 else 's'}"
     n = round(seconds)
     return f"{n} second{'' if n == 1 else 's'}"
+
+
+def wait_text(retry_after: float) -> str:
+    """How long a throttled person waits, in words: never less than
+    ``Retry-After`` says, whole minutes once it is a minute or more. It
+    depends on the block alone: the same for every account."""
+    seconds = math.ceil(retry_after)
+    return humanize(seconds if seconds < 60 else math.ceil(seconds / 60) * 60)
 
 
 def reason_text(record: EndedSession) -> str:

@@ -36,7 +36,7 @@ from ..state import Gateway
 from ..store import StoreUnavailable
 from .guards import (client_of, csrf_ok, csrf_token, current_identity, gateway_of, render,
                      same_origin, see_other)
-from .my_sessions import humanize
+from .my_sessions import wait_text
 from .redirects import safe_redirect
 
 ENROL = "enrol"        # the form cookie's key for the secret being enrolled
@@ -99,7 +99,7 @@ async def _submit(request: web.Request, gw: Gateway) -> web.StreamResponse:
     except Throttled as exc:
         page = await _show(request, gw, identity, rd, status=429,
                            error=f"Too many wrong codes or passwords. Try again in "
-                                 f"{humanize(max(60, exc.retry_after))}.")
+                                 f"{wait_text(exc.retry_after)}.")
         page.headers.update(throttled_headers(exc.retry_after))
         return page
     if verified is None:
