@@ -639,6 +639,7 @@ async def test_counters_are_kept_for_the_days_shown_and_then_forgotten(store, cl
 
 async def test_one_sample_of_active_sessions_per_slot_whoever_takes_it(store, clock):
     from gateway.store import Session
+    clock.now -= clock.now % stats.SAMPLE_EVERY     # the slot's start: now + 1 stays in it
     now = clock()
     await store.create(Session("s1", "alice", now, now, now + 3600, 1800), 0, 60)
     first = await stats.sample_active(store, 1800, now)
