@@ -119,14 +119,95 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
+class RedisCluster:
+    """Three masters and three replicas on loopback, made a cluster by
+    ``redis-cli --cluster create``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ports = [self._free_pair() for _ in range(6)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @staticmethod
+    def _free_pair() -> int:
+        """A free port whose cluster bus port (10000 above it) is free too."""
+        for _ in range(200):
+            port = free_port()
+            if port + 10000 > 65535:
+                continue
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+        raise RuntimeError("no free port pair for a cluster node")
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.folder), "--cluster-enabled", "yes",
+                 "--cluster-config-file", f"nodes-{port}.conf",
+                 "--cluster-node-timeout", "2000"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            self._wait(port, b"PING\r\n", b"+PONG")
+        subprocess.run(["redis-cli", "--cluster", "create", *self.nodes,
+                        "--cluster-replicas", "1", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)
+        for port in self.ports:
+            self._wait(port, b"CLUSTER INFO\r\n", b"cluster_state:ok", within=30)
+
+    @staticmethod
+    def _wait(port: int, command: bytes, expected: bytes, within: float = 10) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                    s.sendall(command)
+                    if expected in s.recv(4096):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"redis node {port}: no {expected!r} within {within:.0f}s")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """``session`` settings for either backend (a fresh key prefix per test on Redis)."""
+    """``session`` settings for each backend: memory, one Redis, a Redis
+    Cluster (a fresh key prefix per test on Redis)."""
     if request.param == "memory":
         return {"store": "memory"}
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return {"store": "redis", "redis": {"url": "redis://cluster", "key_prefix": prefix,
+                                            "cluster": {"nodes": cluster.nodes}}}
     server = request.getfixturevalue("redis_server")
-    return {"store": "redis",
-            "redis": {"url": server.url, "key_prefix": f"t{uuid.uuid4().hex[:12]}"}}
+    return {"store": "redis", "redis": {"url": server.url, "key_prefix": prefix}}
 
 
 @pytest.fixture

@@ -169,6 +169,33 @@ BAD = [
      ["trusted_proxies: not an IP address or network: 'not-an-ip' does not appear to be "
       "an IPv4 or IPv6 network (got ['10.0.0.0/8', 'not-an-ip'])"]),
     ({"session": "redis"}, ["session: must be a mapping (got 'redis')"]),
+    # Sentinel and Cluster
+    ({"session": {"redis": {"sentinel": {"nodes": ["127.0.0.1:26379"]}}}},
+     ["session.redis.sentinel.master_name: is required with session.redis.sentinel.nodes "
+      "(the name the sentinels monitor)"]),
+    ({"session": {"redis": {"sentinel": {"master_name": "m"}}}},
+     ["session.redis.sentinel.nodes: list the sentinels (host:port) that monitor 'm'"]),
+    ({"session": {"redis": {"sentinel": {"master_name": "m", "nodes": ["s1:26379", "s2"]}}}},
+     ["session.redis.sentinel.nodes[1]: must be host:port, like 127.0.0.1:8080 (got 's2')"]),
+    ({"session": {"redis": {"url": "unix:///run/redis.sock", "sentinel": {
+        "master_name": "m", "nodes": ["s1:26379"]}}}},
+     ["session.redis.url: a unix socket cannot be reached through Sentinel; use redis:// "
+      "or rediss:// for the credentials and db"]),
+    ({"session": {"redis": {"cluster": {"nodes": "r1:6379"}}}},
+     ["session.redis.cluster.nodes: must be a list of strings (got 'r1:6379')"]),
+    ({"session": {"redis": {"cluster": {"nodes": ["r1:6379", "r2:x"]}}}},
+     ["session.redis.cluster.nodes[1]: must be host:port, like 127.0.0.1:8080 (got 'r2:x')"]),
+    ({"session": {"redis": {"cluster": {"seeds": ["r1:6379"]}}}},
+     ["session.redis.cluster.seeds: unknown key"]),
+    ({"session": {"redis": {"url": "redis://r1:6379/2", "cluster": {"nodes": ["r1:6379"]}}}},
+     ["session.redis.url: Redis Cluster has only database 0; drop the /db from the url"]),
+    ({"session": {"redis": {"url": "unix:///run/redis.sock", "cluster": {"nodes": ["r1:6379"]}}}},
+     ["session.redis.url: a unix socket cannot reach a Redis Cluster; use redis:// or "
+      "rediss:// for the credentials"]),
+    ({"session": {"redis": {"cluster": {"nodes": ["r1:6379"]}, "sentinel": {
+        "master_name": "m", "nodes": ["s1:26379"]}}}},
+     ["session.redis.cluster: Redis Cluster fails over by itself; set either "
+      "session.redis.sentinel or session.redis.cluster, not both"]),
 ]
 
 

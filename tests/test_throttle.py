@@ -198,7 +198,8 @@ def test_an_ipv6_address_counts_as_its_slash_64():
     assert address_key("203.0.113.5") == address_key("::ffff:203.0.113.5") == "203.0.113.5"
 
 
-async def test_a_burst_in_parallel_gets_no_more_guesses_than_one_at_a_time(throttled):
+async def test_a_burst_in_parallel_gets_no_more_guesses_than_one_at_a_time(throttled,
+                                                                          store_settings):
     """Attempts are counted before the password is checked: 40 at once from
     one address reach the check 5 times, not 40."""
     start, _ = throttled
@@ -208,8 +209,15 @@ async def test_a_burst_in_parallel_gets_no_more_guesses_than_one_at_a_time(throt
     original = users._check
     users._check = lambda *a: checked.append(1) or original(*a)
     replies = await asyncio.gather(*(attempt(client) for _ in range(40)))
-    assert sorted(r.status for r in replies) == [401] * 5 + [429] * 35
-    assert len(checked) == 5
+    statuses = sorted(r.status for r in replies)
+    if "cluster" in store_settings.get("redis", {}):
+        # An attempt's keys live on different nodes and are asked at once, so
+        # two attempts can each hold one key the other needs: both wait a
+        # moment (BUSY_WAIT). Fewer guesses, never more.
+        assert 1 <= len(checked) <= 5
+    else:
+        assert len(checked) == 5
+    assert statuses == [401] * len(checked) + [429] * (40 - len(checked))
 
 
 async def test_someone_on_the_owner_s_address_cannot_lock_the_owner_out(throttled):

@@ -202,12 +202,23 @@ def build_config(data: Any, base_dir: Path = Path("."),
     if sentinel.nodes and not sentinel.master_name:
         problems.append("session.redis.sentinel.master_name: is required with "
                         "session.redis.sentinel.nodes (the name the sentinels monitor)")
-    if sentinel.master_name and not sentinel.nodes:
+    if sentinel.master_name and not sentinel.nodes and not any(
+            p.startswith("session.redis.sentinel.nodes") for p in problems):
         problems.append("session.redis.sentinel.nodes: list the sentinels (host:port) that "
                         "monitor " + repr(sentinel.master_name))
     if sentinel.nodes and session.redis.url.startswith("unix:"):
         problems.append("session.redis.url: a unix socket cannot be reached through "
                         "Sentinel; use redis:// or rediss:// for the credentials and db")
+    cluster = session.redis.cluster
+    if cluster.nodes and sentinel.nodes:
+        problems.append("session.redis.cluster: Redis Cluster fails over by itself; "
+                        "set either session.redis.sentinel or session.redis.cluster, not both")
+    if cluster.nodes and session.redis.url.startswith("unix:"):
+        problems.append("session.redis.url: a unix socket cannot reach a Redis Cluster; "
+                        "use redis:// or rediss:// for the credentials")
+    elif cluster.nodes and urlsplit(session.redis.url).path.strip("/") not in ("", "0"):
+        problems.append("session.redis.url: Redis Cluster has only database 0; "
+                        "drop the /db from the url")
     if session.store == "memory" and config.workers > 1:
         problems.append("workers: the memory session store is per process; "
                         "use session.store: redis with more than one worker")

@@ -90,9 +90,16 @@ class SentinelConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Redis Cluster: any of these nodes tells the client the rest."""
+    nodes: tuple[tuple[str, int], ...] = key([], v.host_ports)
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     url: str = key("redis://127.0.0.1:6379/0", v.url(("redis", "rediss", "unix")))
     sentinel: SentinelConfig = section(SentinelConfig)
+    cluster: ClusterConfig = section(ClusterConfig)
     key_prefix: str = key("gw", v.string)
     timeout: float = key("1s", v.duration())
     max_connections: int = key(64, v.integer(minimum=1))

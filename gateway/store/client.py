@@ -1,21 +1,27 @@
 """The one place a Redis client is built from ``session.redis``.
 
 Every client the gateway holds comes from here, so timeouts, retries and
-pool limits are set once, whatever the topology: one Redis (``url``), or
-the master that Redis Sentinel names (``sentinel``; then ``url`` gives only
-the scheme, credentials and database). A client built with ``from_pool``
-owns its pool: ``aclose()`` closes the pool's connections too.
+pool limits are set once, whatever the topology: one Redis (``url``), the
+master that Redis Sentinel names (``sentinel``), or a Redis Cluster
+(``cluster``); with either of the last two ``url`` gives only the scheme,
+credentials and database. A client built with ``from_pool`` owns its pool:
+``aclose()`` closes the pool's connections too.
 
 Under Sentinel every new connection asks the sentinels for the master, so
 after a failover the client finds the new one by itself; a connection to
 the old master fails (or, once it is a replica, refuses writes), which the
 store turns into StoreUnavailable: requests answer 503 until then, never
-from stale data.
+from stale data. Under Cluster the client learns the new layout from the
+MOVED answers and connection errors that follow a failover, the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -30,6 +36,8 @@ def connect(config: RedisConfig, *, dedicated: bool = False) -> aioredis.Redis:
     timeout = config.timeout
     if config.sentinel.nodes:
         return _sentinel_master(config, dedicated)
+    if config.cluster.nodes:
+        return _cluster(config, dedicated)
     if dedicated:
         return aioredis.Redis.from_url(config.url, socket_timeout=timeout,
                                        socket_connect_timeout=timeout,
@@ -45,6 +53,17 @@ def connect(config: RedisConfig, *, dedicated: bool = False) -> aioredis.Redis:
         max_connections=config.max_connections,
         timeout=timeout)
     return aioredis.Redis.from_pool(pool)
+
+
+def connect_node(config: RedisConfig, host: str, port: int) -> aioredis.Redis:
+    """One connection of its own, with no retries, to one node of a Redis
+    Cluster (the revocation feed's, as ``dedicated`` above)."""
+    node = parse_url(config.url)            # credentials, TLS
+    return aioredis.Redis(host=host, port=port, username=node.get("username"),
+                          password=node.get("password"),
+                          ssl=node.get("connection_class") is SSLConnection,
+                          socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
+                          retry=Retry(NoBackoff(), 0))
 
 
 def _sentinel_master(config: RedisConfig, dedicated: bool) -> aioredis.Redis:
@@ -76,3 +95,47 @@ class _MasterClient(aioredis.Redis):
         await super().aclose(close_connection_pool)
         for watcher in self.sentinels:
             await watcher.aclose()
+
+
+def _cluster(config: RedisConfig, dedicated: bool) -> aioredis.Redis:
+    node = parse_url(config.url)            # credentials, TLS
+    return _Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in config.cluster.nodes],
+        username=node.get("username"), password=node.get("password"),
+        ssl=node.get("connection_class") is SSLConnection,
+        socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
+        max_connections=1 if dedicated else config.max_connections,
+        # No command is sent twice on its own: like one Redis, a failure
+        # answers 503 at once, and the next request finds the new layout.
+        retry=Retry(NoBackoff(), 1),
+        )
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client with two mends, both for commands that
+    arrive together (every request of a busy worker):
+
+    - It learns the cluster's layout before routing any of them. redis-py
+      8.1 routes commands that arrive while it first learns it to a default
+      node; their MOVED answers then make it relearn the layout and drop
+      connections that other commands are still opening (tested by
+      ``test_store`` with twenty creates at once).
+    - At most ``max_connections`` commands run at once, waiting up to the
+      timeout for a turn, as the single-Redis pool does: redis-py's node
+      pools raise instead of waiting when they are full.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(kwargs["max_connections"])
+        self._wait = kwargs["socket_timeout"]
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(self._wait):
+            await self._turns.acquire()
+        try:
+            if self._initialize:
+                await self.initialize()
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._turns.release()

@@ -58,12 +58,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from ..config import RedisConfig
 from .base import (BUSY_WAIT, EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP,
@@ -71,10 +72,13 @@ from .base import (BUSY_WAIT, EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP
                    CountsRead, EndedSession, Ending, Enrolment, Page, Session, SessionStore,
                    StoreUnavailable, Strike, encode_fields)
 from ..metrics import STORE_ERRORS, STORE_LATENCY
-from .client import connect
+from .client import connect, connect_node
 from .paging import decode_cursor, encode_cursor
 
 T = TypeVar("T")
+# What a call to Redis can raise when Redis is down, slow or failing over
+# (redis-py's cluster errors, such as a slot nobody serves yet, are not RedisErrors).
+FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 log = logging.getLogger("gateway.store")
 
 # A legacy record (a JSON string) becomes a hash; every script calls this
@@ -360,7 +364,56 @@ def user_tag(username: str) -> str:
 def _queue(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
     """A script in a pipeline as a bare EVALSHA: given the script itself,
     redis-py first asks SCRIPT EXISTS, a round trip of its own."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    if isinstance(pipe, _ClusterBatch):
+        pipe.script(script, keys, args)
+    else:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+class _ClusterBatch:
+    """A batch for Redis Cluster, in place of a pipeline: redis-py's cluster
+    pipeline refuses scripts (and PFCOUNT). Commands on different keys go
+    at the same time, each to the node of its key; commands on the same key
+    go one after another, in the order queued (audit entries keep their
+    order). The answers come back in the order the commands were queued."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._calls: list[tuple[Any, Callable[[], Awaitable[Any]]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        command = getattr(self._client, name)
+
+        def queued(*args: Any, **kwargs: Any) -> "_ClusterBatch":
+            self._calls.append((args[0] if args else None, lambda: command(*args, **kwargs)))
+            return self
+        return queued
+
+    def script(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        self._calls.append((keys[0], lambda: script(keys=keys, args=args)))
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        answers: list[Any] = [None] * len(self._calls)
+        by_key: dict[Any, list[int]] = {}
+        for i, (key, _) in enumerate(self._calls):
+            by_key.setdefault(key, []).append(i)
+
+        async def in_turn(positions: list[int]) -> None:
+            for i in positions:
+                try:
+                    answers[i] = await self._calls[i][1]()
+                except Exception as exc:
+                    if raise_on_error:
+                        raise
+                    answers[i] = exc
+        await asyncio.gather(*(in_turn(positions) for positions in by_key.values()))
+        return answers
+
+    async def __aenter__(self) -> "_ClusterBatch":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._calls.clear()
 
 
 def _pairs(fields: dict[str, str]) -> list[str]:
@@ -398,6 +451,7 @@ class RedisSessionStore(SessionStore):
         self.max_idle = max_idle
         self.clock = clock
         self.redis = client or connect(config)
+        self.cluster = bool(config.cluster.nodes)
         self._create = self.redis.register_script(_CREATE)
         self._touch = self.redis.register_script(_TOUCH)
         self._end = self.redis.register_script(_END)
@@ -441,6 +495,12 @@ class RedisSessionStore(SessionStore):
     def ip_key(self, ip: str) -> str:
         return f"{self.prefix}:ip:{ip}"
 
+    def _pipeline(self) -> Any:
+        """A pipeline without a transaction (Redis Cluster: a batch, above)."""
+        if self.cluster:
+            return _ClusterBatch(self.redis)
+        return self.redis.pipeline(transaction=False)
+
     async def _loading(self, run: Callable[[], Awaitable[T]], script: Any) -> T:
         """Run a pipeline that queued ``script`` by EVALSHA; if Redis forgot
         it (a restart, SCRIPT FLUSH), load it and run the pipeline again
@@ -455,7 +515,7 @@ class RedisSessionStore(SessionStore):
         started = time.perf_counter()
         try:
             return await op()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except FAILURES as exc:
             STORE_ERRORS.inc()
             raise StoreUnavailable(type(exc).__name__) from None
         finally:
@@ -487,7 +547,7 @@ class RedisSessionStore(SessionStore):
         end plus the grace), so activity never has to renew it."""
         tag = user_tag(session.username)
         owner_ms = int((session.expires_at + EXPIRED_GRACE_MAX - now) * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self._pipeline() as pipe:
             pipe.set(self.owner_key(session.id), session.username, px=max(1, owner_ms))
             pipe.zadd(self.all_key, {f"{tag}:{session.id}": int(session.last_seen_at * 1000)})
             pipe.zremrangebyscore(self.all_key, "-inf", int((now - self.max_idle) * 1000))
@@ -532,7 +592,7 @@ class RedisSessionStore(SessionStore):
         keep_ms = max(1, int((session.keep_until - now) * 1000))
 
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 _queue(pipe, self._touch, [key], [repr(now), keep_ms,
                                                   *_pairs(encode_fields(changes))])
                 # XX: never re-list an ended session; GT: racing touches keep the latest.
@@ -562,7 +622,7 @@ class RedisSessionStore(SessionStore):
         session = Session.from_fields(_flat_to_dict(flat))
 
         async def unindex() -> None:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 pipe.delete(self.owner_key(sid))
                 pipe.zrem(self.all_key, f"{tag}:{sid}")
                 if session is not None:
@@ -592,7 +652,7 @@ class RedisSessionStore(SessionStore):
                                            offset=0, num=limit)
             if not sids:
                 return []
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for sid in sids:
                     pipe.hgetall(self.ended_key(username, sid.decode()))
                 return await pipe.execute()
@@ -662,7 +722,7 @@ class RedisSessionStore(SessionStore):
         now = self.clock()
 
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 pipe.zremrangebyscore(key, "-inf", int((now - self.max_idle) * 1000))
                 pipe.zrange(key, 0, limit - 1, desc=True, withscores=True)
                 return await pipe.execute()
@@ -682,7 +742,7 @@ class RedisSessionStore(SessionStore):
         score, member = int(after[0]), after[1]
 
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 pipe.zrevrank(self.all_key, member)
                 pipe.zscore(self.all_key, member)
                 pipe.zcount(self.all_key, f"({score}", "+inf")
@@ -697,7 +757,7 @@ class RedisSessionStore(SessionStore):
         """The sessions behind entries of an index (``gw:all`` unless said),
         and how many entries pointed at nothing (those are removed)."""
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for member, _ in entries:
                     tag, _, sid = member.partition(":")
                     pipe.hgetall(f"{self.prefix}:{{{tag}}}:s:{sid}")
@@ -724,9 +784,10 @@ class RedisSessionStore(SessionStore):
         every FEED_PING seconds, ends the watch so the caller stops trusting
         its cache. (A false alarm under load only costs a cache refill.)
         """
-        client = connect(self.config, dedicated=True)
-        pubsub = client.pubsub()
+        client = None
         try:
+            client = await self._feed_client()
+            pubsub = client.pubsub()
             await pubsub.subscribe(self.channel)
             heard = pinged = time.monotonic()
             task = asyncio.current_task()
@@ -749,14 +810,27 @@ class RedisSessionStore(SessionStore):
                 if now - pinged >= FEED_PING:
                     await pubsub.ping()
                     pinged = now
-        except (RedisError, OSError, TimeoutError) as exc:
+        except FAILURES as exc:
             raise StoreUnavailable(type(exc).__name__) from None
         finally:
             try:
-                await pubsub.aclose()
-                await client.aclose()
-            except (RedisError, OSError, TimeoutError):
+                if client is not None:
+                    await pubsub.aclose()
+                    await client.aclose()
+            except FAILURES:
                 pass
+
+    async def _feed_client(self) -> aioredis.Redis:
+        """The feed's own connection. On Redis Cluster a PUBLISH reaches every
+        node, so one node will do: a random master, so that workers spread
+        their feeds and the next try after a node is lost finds another.
+        (Sharded pub/sub would need one channel per slot: SPUBLISH from the
+        end script must stay inside its user's slot.)"""
+        if not self.cluster:
+            return connect(self.config, dedicated=True)
+        await self.redis.initialize()
+        node = random.choice(self.redis.get_nodes())
+        return connect_node(self.config, node.host, node.port)
 
     async def add_security_event(self, username: str, sid: str, mark: str,
                                  record: dict[str, Any] | None, keep: float,
@@ -818,7 +892,7 @@ class RedisSessionStore(SessionStore):
         oldest = int((self.clock() - retention) * 1000)
 
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for record in records:
                     pipe.xadd(self.audit_key, {"e": json.dumps(record, separators=(",", ":"))},
                               minid=oldest, approximate=True)
@@ -849,7 +923,7 @@ class RedisSessionStore(SessionStore):
         now_ms = int(self.clock() * 1000)
 
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for s in strikes:
                     _queue(pipe, self._attempt, [self._throttle_key(s.key)],
                            [now_ms, max(1, int(s.window * 1000)), s.failures])
@@ -869,7 +943,7 @@ class RedisSessionStore(SessionStore):
         now_ms = int(now * 1000)
 
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for s in strikes:
                     _queue(pipe, self._settle, [self._throttle_key(s.key)],
                            [now_ms, "1" if failed else "0", "1" if s.key in reset else "0",
@@ -880,7 +954,7 @@ class RedisSessionStore(SessionStore):
                    for s, new in zip(strikes, answers) if new]
         if started:         # for throttle list; the blocks hold without it
             async def index() -> None:
-                async with self.redis.pipeline(transaction=False) as pipe:
+                async with self._pipeline() as pipe:
                     pipe.zadd(self.throttle_index, {b.key: int(b.until * 1000) for b in started})
                     pipe.zremrangebyscore(self.throttle_index, "-inf", now_ms)
                     await pipe.execute()
@@ -897,7 +971,7 @@ class RedisSessionStore(SessionStore):
             keys = await self.redis.zrangebyscore(self.throttle_index, now_ms, "+inf")
             if not keys:
                 return []
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for key in keys:
                     pipe.hmget(self._throttle_key(key.decode()), "b", "i")
                 return list(zip(keys, await pipe.execute()))
@@ -918,7 +992,7 @@ class RedisSessionStore(SessionStore):
         now_ms = int(self.clock() * 1000)
 
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for key in keys:
                     pipe.hget(self._throttle_key(key), "b")
                 pipe.delete(*(self._throttle_key(k) for k in keys))
@@ -929,7 +1003,7 @@ class RedisSessionStore(SessionStore):
     async def rate_sync(self, worker: str,
                         counts: dict[str, tuple[int, float]]) -> dict[str, int]:
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for key, (n, keep) in counts.items():
                     _queue(pipe, self._rate, [f"{self.prefix}:rl:{key}"],
                            [worker, n, max(1, int(keep * 1000))])
@@ -1011,7 +1085,7 @@ class RedisSessionStore(SessionStore):
     async def read_counts(self, hashes: list[str], distinct: list[str], ranks: list[str],
                           top: int) -> CountsRead:
         async def run() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._pipeline() as pipe:
                 for bucket in hashes:
                     pipe.hgetall(self.stats_key(bucket))
                 for bucket in distinct:
