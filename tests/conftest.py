@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -193,6 +194,90 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield cluster
     finally:
         cluster.stop()
+
+
+def ask(port: int, command: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(command)
+        time.sleep(0.05)
+        return s.recv(65536)
+
+
+def wait_until(check: Any, what: str, within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"not within {within:.0f}s: {what}")
+
+
+class RedisSentinels:
+    """One master, one replica and three sentinels on loopback."""
+    name = "gwmaster"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.master, self.replica = free_port(), free_port()
+        self.sentinels = [free_port() for _ in range(3)]
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.sentinels]
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.folder / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def _redis(self, name: str, port: int, *extra: str) -> None:
+        self._spawn(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                           "--save", "", "--appendonly", "no", "--dir", str(self.folder),
+                           "--dbfilename", f"{name}.rdb", *extra])
+        wait_until(lambda: ask(port, b"PING\r\n").startswith(b"+PONG"), f"{name} up")
+
+    def start(self) -> None:
+        self._redis("master", self.master)
+        self._redis("replica", self.replica, "--replicaof", "127.0.0.1", str(self.master))
+        wait_until(lambda: b"master_link_status:up" in ask(self.replica, b"INFO replication\r\n"),
+              "the replica in sync")
+        for i, port in enumerate(self.sentinels):
+            conf = self.folder / f"sentinel-{i}.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.folder}\n"
+                            f"sentinel monitor {self.name} 127.0.0.1 {self.master} 2\n"
+                            f"sentinel down-after-milliseconds {self.name} 1000\n"
+                            f"sentinel failover-timeout {self.name} 5000\n"
+                            f"sentinel parallel-syncs {self.name} 1\n")
+            self._spawn(f"sentinel-{i}", ["redis-sentinel", str(conf)])
+        for port in self.sentinels:
+            wait_until(lambda port=port: str(self.replica).encode() in ask(
+                port, f"SENTINEL replicas {self.name}\r\n".encode()), "sentinels see the replica")
+            wait_until(lambda port=port: b"num-other-sentinels\r\n$1\r\n2" in ask(
+                port, f"SENTINEL master {self.name}\r\n".encode()), "sentinels see each other")
+
+    def kill_master(self) -> None:
+        self.procs["master"].send_signal(signal.SIGKILL)
+        self.procs["master"].wait(5)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
+@pytest.fixture
+def redis_sentinels(tmp_path: Path) -> Iterator[RedisSentinels]:
+    topology = RedisSentinels(tmp_path)
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])

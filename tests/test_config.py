@@ -171,16 +171,16 @@ BAD = [
     ({"session": "redis"}, ["session: must be a mapping (got 'redis')"]),
     # Sentinel and Cluster
     ({"session": {"redis": {"sentinel": {"nodes": ["127.0.0.1:26379"]}}}},
-     ["session.redis.sentinel.master_name: is required with session.redis.sentinel.nodes "
+     ["session.redis.sentinel.master: is required with session.redis.sentinel.nodes "
       "(the name the sentinels monitor)"]),
-    ({"session": {"redis": {"sentinel": {"master_name": "m"}}}},
+    ({"session": {"redis": {"sentinel": {"master": "m"}}}},
      ["session.redis.sentinel.nodes: list the sentinels (host:port) that monitor 'm'"]),
-    ({"session": {"redis": {"sentinel": {"master_name": "m", "nodes": ["s1:26379", "s2"]}}}},
+    ({"session": {"redis": {"sentinel": {"master": "m", "nodes": ["s1:26379", "s2"]}}}},
      ["session.redis.sentinel.nodes[1]: must be host:port, like 127.0.0.1:8080 (got 's2')"]),
     ({"session": {"redis": {"url": "unix:///run/redis.sock", "sentinel": {
-        "master_name": "m", "nodes": ["s1:26379"]}}}},
-     ["session.redis.url: a unix socket cannot be reached through Sentinel; use redis:// "
-      "or rediss:// for the credentials and db"]),
+        "master": "m", "nodes": ["s1:26379"]}}}},
+     ["session.redis.url: a unix socket cannot reach Redis Sentinel; use redis:// or "
+      "rediss:// for TLS and the database"]),
     ({"session": {"redis": {"cluster": {"nodes": "r1:6379"}}}},
      ["session.redis.cluster.nodes: must be a list of strings (got 'r1:6379')"]),
     ({"session": {"redis": {"cluster": {"nodes": ["r1:6379", "r2:x"]}}}},
@@ -190,10 +190,31 @@ BAD = [
     ({"session": {"redis": {"url": "redis://r1:6379/2", "cluster": {"nodes": ["r1:6379"]}}}},
      ["session.redis.url: Redis Cluster has only database 0; drop the /db from the url"]),
     ({"session": {"redis": {"url": "unix:///run/redis.sock", "cluster": {"nodes": ["r1:6379"]}}}},
-     ["session.redis.url: a unix socket cannot reach a Redis Cluster; use redis:// or "
-      "rediss:// for the credentials"]),
+     ["session.redis.url: a unix socket cannot reach Redis Cluster; use redis:// or "
+      "rediss:// for TLS and the database"]),
+    ({"session": {"redis": {"sentinel": {"master_name": "m", "nodes": ["s1:26379"]}}}},
+     ["session.redis.sentinel.master_name: unknown key",
+      "session.redis.sentinel.master: is required with session.redis.sentinel.nodes "
+      "(the name the sentinels monitor)"]),
+    ({"session": {"redis": {"url": "redis://gw:hunter2@r1:6379", "password": "hunter3"}}},
+     ["session.redis.password: the password is set in 2 places (session.redis.url, "
+      "session.redis.password); set it in one"]),
+    ({"session": {"redis": {"username": "gw", "cluster": {
+        "nodes": ["r1:6379"], "username": "gw"}}}},
+     ["session.redis.cluster.username: the username is set in 2 places "
+      "(session.redis.username, session.redis.cluster.username); set it in one"]),
+    ({"session": {"redis": {"url": "unix:///run/redis.sock?password=x", "password": "y"}}},
+     ["session.redis.password: the password is set in 2 places (session.redis.url, "
+      "session.redis.password); set it in one"]),
+    ({"session": {"redis": {"cluster": {"password": "x"}}}},
+     ["session.redis.cluster.password: is used only with session.redis.cluster.nodes"]),
+    ({"session": {"redis": {"sentinel": {"sentinel_password": "x"}}}},
+     ["session.redis.sentinel.sentinel_password: is used only with "
+      "session.redis.sentinel.nodes"]),
+    ({"session": {"redis": {"password": 12345}}},      # a password is never repeated
+     ["session.redis.password: must be a string"]),
     ({"session": {"redis": {"cluster": {"nodes": ["r1:6379"]}, "sentinel": {
-        "master_name": "m", "nodes": ["s1:26379"]}}}},
+        "master": "m", "nodes": ["s1:26379"]}}}},
      ["session.redis.cluster: Redis Cluster fails over by itself; set either "
       "session.redis.sentinel or session.redis.cluster, not both"]),
 ]

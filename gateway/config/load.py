@@ -15,11 +15,11 @@ import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from .schema import REFRESH_POLICY, Config
+from .schema import REFRESH_POLICY, Config, RedisConfig
 from .values import HiddenValueError, ItemError, boolean, str_list, string
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -198,27 +198,7 @@ def build_config(data: Any, base_dir: Path = Path("."),
     if domain and host != domain and not host.endswith("." + domain):
         problems.append(f"cookie.domain: {domain!r} does not contain public_url's host "
                         f"{host!r}, so browsers would refuse the cookie")
-    sentinel = session.redis.sentinel
-    if sentinel.nodes and not sentinel.master_name:
-        problems.append("session.redis.sentinel.master_name: is required with "
-                        "session.redis.sentinel.nodes (the name the sentinels monitor)")
-    if sentinel.master_name and not sentinel.nodes and not any(
-            p.startswith("session.redis.sentinel.nodes") for p in problems):
-        problems.append("session.redis.sentinel.nodes: list the sentinels (host:port) that "
-                        "monitor " + repr(sentinel.master_name))
-    if sentinel.nodes and session.redis.url.startswith("unix:"):
-        problems.append("session.redis.url: a unix socket cannot be reached through "
-                        "Sentinel; use redis:// or rediss:// for the credentials and db")
-    cluster = session.redis.cluster
-    if cluster.nodes and sentinel.nodes:
-        problems.append("session.redis.cluster: Redis Cluster fails over by itself; "
-                        "set either session.redis.sentinel or session.redis.cluster, not both")
-    if cluster.nodes and session.redis.url.startswith("unix:"):
-        problems.append("session.redis.url: a unix socket cannot reach a Redis Cluster; "
-                        "use redis:// or rediss:// for the credentials")
-    elif cluster.nodes and urlsplit(session.redis.url).path.strip("/") not in ("", "0"):
-        problems.append("session.redis.url: Redis Cluster has only database 0; "
-                        "drop the /db from the url")
+    problems += redis_problems(session.redis, earlier=problems)
     if session.store == "memory" and config.workers > 1:
         problems.append("workers: the memory session store is per process; "
                         "use session.store: redis with more than one worker")
@@ -226,6 +206,48 @@ def build_config(data: Any, base_dir: Path = Path("."),
     if problems:
         raise ConfigError(problems, users_file=users_file)
     return replace(config, base_dir=base_dir)
+
+
+def redis_problems(redis: RedisConfig, earlier: list[str]) -> list[str]:
+    """What session.redis's keys say together: one topology, its required
+    keys, and each credential set in one place only."""
+    problems = []
+    sentinel, cluster = redis.sentinel, redis.cluster
+    where = "session.redis"
+    if sentinel.nodes and not sentinel.master:
+        problems.append(f"{where}.sentinel.master: is required with {where}.sentinel.nodes "
+                        f"(the name the sentinels monitor)")
+    if sentinel.master and not sentinel.nodes and not any(
+            p.startswith(f"{where}.sentinel.nodes") for p in earlier):
+        problems.append(f"{where}.sentinel.nodes: list the sentinels (host:port) that "
+                        f"monitor {sentinel.master!r}")
+    if cluster.nodes and sentinel.nodes:
+        problems.append(f"{where}.cluster: Redis Cluster fails over by itself; set either "
+                        f"{where}.sentinel or {where}.cluster, not both")
+    url = urlsplit(redis.url)
+    if (sentinel.nodes or cluster.nodes) and url.scheme == "unix":
+        problems.append(f"{where}.url: a unix socket cannot reach Redis "
+                        f"{'Sentinel' if sentinel.nodes else 'Cluster'}; use redis:// or "
+                        f"rediss:// for TLS and the database")
+    elif cluster.nodes and url.path.strip("/") not in ("", "0"):
+        problems.append(f"{where}.url: Redis Cluster has only database 0; drop the /db "
+                        f"from the url")
+    query = parse_qs(url.query)
+    for name in ("username", "password"):
+        places = [place for place, value in (
+            (f"{where}.url", getattr(url, name) or query.get(name)),
+            (f"{where}.{name}", getattr(redis, name)),
+            (f"{where}.sentinel.{name}", getattr(sentinel, name)),
+            (f"{where}.cluster.{name}", getattr(cluster, name))) if value]
+        if len(places) > 1:
+            problems.append(f"{places[-1]}: the {name} is set in {len(places)} places "
+                            f"({', '.join(places)}); set it in one")
+    for section, used in (("sentinel", sentinel), ("cluster", cluster)):
+        for name in ("username", "password", "sentinel_password"):
+            if getattr(used, name, None) and not used.nodes:
+                problems.append(f"{where}.{section}.{name}: is used only with "
+                                f"{where}.{section}.nodes")
+    return problems
 
 
 def read_yaml(path: Path, unreadable: str, invalid: str) -> Any:

@@ -83,26 +83,32 @@ class Upstream:
 @dataclass(frozen=True)
 class SentinelConfig:
     """Redis Sentinel: the master is asked of these sentinels (store/client.py)."""
-    master_name: str | None = key(None, v.optional_string)
+    master: str | None = key(None, v.optional_string)
     nodes: tuple[tuple[str, int], ...] = key([], v.host_ports)
-    # The sentinels' own password (the data nodes' comes from url).
-    password: str | None = key(None, v.optional_string)
+    username: str | None = key(None, v.optional_string)
+    password: str | None = key(None, v.optional_password)
+    sentinel_password: str | None = key(None, v.optional_password)
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     """Redis Cluster: any of these nodes tells the client the rest."""
     nodes: tuple[tuple[str, int], ...] = key([], v.host_ports)
+    username: str | None = key(None, v.optional_string)
+    password: str | None = key(None, v.optional_password)
 
 
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = key("redis://127.0.0.1:6379/0", v.url(("redis", "rediss", "unix")))
+    username: str | None = key(None, v.optional_string)
+    password: str | None = key(None, v.optional_password)
     sentinel: SentinelConfig = section(SentinelConfig)
     cluster: ClusterConfig = section(ClusterConfig)
     key_prefix: str = key("gw", v.string)
     timeout: float = key("1s", v.duration())
     max_connections: int = key(64, v.integer(minimum=1))
+
 
 
 @dataclass(frozen=True)

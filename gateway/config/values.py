@@ -132,6 +132,13 @@ def optional_string(v: Any) -> str | None:
     return None if v is None else string(v)
 
 
+def optional_password(v: Any) -> str | None:
+    """A password, or None; a problem never repeats the value."""
+    if v is not None and not isinstance(v, str):
+        raise HiddenValueError("must be a string")
+    return v
+
+
 def str_list(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
         raise ValueError("must be a list of strings")

@@ -32,16 +32,19 @@ from ..config import RedisConfig
 
 def connect(config: RedisConfig, *, dedicated: bool = False) -> aioredis.Redis:
     """A pooled client; ``dedicated``: one connection of its own with no retries
-    (the revocation feed, which must notice every drop rather than hide it)."""
+    (the revocation feed, which must notice every drop rather than hide it;
+    on a cluster the feed uses ``connect_node``)."""
     timeout = config.timeout
     if config.sentinel.nodes:
         return _sentinel_master(config, dedicated)
     if config.cluster.nodes:
-        return _cluster(config, dedicated)
+        return _cluster(config)
+    username, password = credentials(config)
     if dedicated:
         return aioredis.Redis.from_url(config.url, socket_timeout=timeout,
                                        socket_connect_timeout=timeout,
-                                       retry=Retry(NoBackoff(), 0))
+                                       retry=Retry(NoBackoff(), 0),
+                                       username=username, password=password)
     pool = aioredis.BlockingConnectionPool.from_url(
         config.url,
         socket_timeout=timeout,
@@ -51,35 +54,53 @@ def connect(config: RedisConfig, *, dedicated: bool = False) -> aioredis.Redis:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
         max_connections=config.max_connections,
-        timeout=timeout)
+        timeout=timeout,
+        username=username, password=password)
     return aioredis.Redis.from_pool(pool)
+
+
+def credentials(config: RedisConfig) -> tuple[str | None, str | None]:
+    """The data nodes' ACL user and password, wherever the config set them
+    (load.py allows one place each): the url, beside it, or the sentinel or
+    cluster section."""
+    node = parse_url(config.url)
+    form = config.sentinel if config.sentinel.nodes else config.cluster
+    return (form.username or config.username or node.get("username"),
+            form.password or config.password or node.get("password"))
+
+
+def _tls(config: RedisConfig) -> dict[str, Any]:
+    """rediss:// and its ``ssl_*`` options (``?ssl_ca_certs=/etc/ca.pem``, a
+    private CA), for the clients that are not built from the url itself."""
+    node = parse_url(config.url)
+    if node.get("connection_class") is not SSLConnection:
+        return {}
+    return {"ssl": True, **{k: v for k, v in node.items() if k.startswith("ssl_")}}
 
 
 def connect_node(config: RedisConfig, host: str, port: int) -> aioredis.Redis:
     """One connection of its own, with no retries, to one node of a Redis
     Cluster (the revocation feed's, as ``dedicated`` above)."""
-    node = parse_url(config.url)            # credentials, TLS
-    return aioredis.Redis(host=host, port=port, username=node.get("username"),
-                          password=node.get("password"),
-                          ssl=node.get("connection_class") is SSLConnection,
-                          socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
-                          retry=Retry(NoBackoff(), 0))
+    username, password = credentials(config)
+    return aioredis.Redis(host=host, port=port, username=username, password=password,
+                          socket_timeout=config.timeout, **_tls(config),
+                          socket_connect_timeout=config.timeout, retry=Retry(NoBackoff(), 0))
 
 
 def _sentinel_master(config: RedisConfig, dedicated: bool) -> aioredis.Redis:
     sentinel = config.sentinel
     timeout = config.timeout
-    node = parse_url(config.url)            # credentials, database, TLS
-    data_node = {k: node[k] for k in ("username", "password", "db") if node.get(k) is not None}
-    if node.get("connection_class") is SSLConnection:
-        data_node["ssl"] = True
+    username, password = credentials(config)
+    data_node: dict[str, Any] = {"username": username, "password": password,
+                                 "db": parse_url(config.url).get("db", 0)}
+    data_node.update(_tls(config))
     watchers = Sentinel(
         list(sentinel.nodes),
-        sentinel_kwargs={"password": sentinel.password, "socket_timeout": timeout,
+        sentinel_kwargs={"password": sentinel.sentinel_password, "socket_timeout": timeout,
                          "socket_connect_timeout": timeout},
         socket_timeout=timeout, socket_connect_timeout=timeout, **data_node)
     client = watchers.master_for(
-        sentinel.master_name, redis_class=_MasterClient,
+        sentinel.master, redis_class=_MasterClient,
         retry=Retry(NoBackoff(), 0 if dedicated else 1),
         max_connections=1 if dedicated else config.max_connections,
         health_check_interval=0 if dedicated else 30)
@@ -97,18 +118,16 @@ class _MasterClient(aioredis.Redis):
             await watcher.aclose()
 
 
-def _cluster(config: RedisConfig, dedicated: bool) -> aioredis.Redis:
-    node = parse_url(config.url)            # credentials, TLS
+def _cluster(config: RedisConfig) -> aioredis.Redis:
+    username, password = credentials(config)
     return _Cluster(
         startup_nodes=[ClusterNode(host, port) for host, port in config.cluster.nodes],
-        username=node.get("username"), password=node.get("password"),
-        ssl=node.get("connection_class") is SSLConnection,
+        username=username, password=password, **_tls(config),
         socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
-        max_connections=1 if dedicated else config.max_connections,
-        # No command is sent twice on its own: like one Redis, a failure
-        # answers 503 at once, and the next request finds the new layout.
-        retry=Retry(NoBackoff(), 1),
-        )
+        max_connections=config.max_connections,
+        # One retry, as for one Redis: after a failover it goes to the node
+        # the MOVED answer or the new layout names.
+        retry=Retry(NoBackoff(), 1))
 
 
 class _Cluster(RedisCluster):
