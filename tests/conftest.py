@@ -154,7 +154,8 @@ class RedisCluster:
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(self.folder), "--cluster-enabled", "yes",
                  "--cluster-config-file", f"nodes-{port}.conf",
-                 "--cluster-node-timeout", "2000"],
+                 "--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0",
+                 "--logfile", f"node-{port}.log"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in self.ports:
             self._wait(port, b"PING\r\n", b"+PONG")
@@ -164,6 +165,10 @@ class RedisCluster:
                        timeout=60)
         for port in self.ports:
             self._wait(port, b"CLUSTER INFO\r\n", b"cluster_state:ok", within=30)
+        # Each replica in sync: one that never was cannot take over its master.
+        for port in self.ports:
+            if b"role:slave" in ask(port, b"INFO replication\r\n"):
+                self._wait(port, b"INFO replication\r\n", b"master_link_status:up", within=30)
 
     @staticmethod
     def _wait(port: int, command: bytes, expected: bytes, within: float = 10) -> None:
@@ -179,11 +184,40 @@ class RedisCluster:
             time.sleep(0.1)
         raise RuntimeError(f"redis node {port}: no {expected!r} within {within:.0f}s")
 
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves ``key``'s hash slot."""
+        slot = int(ask(self.ports[0], f"CLUSTER KEYSLOT {key}\r\n".encode())[1:])
+        for line in ask(self.ports[0], b"CLUSTER NODES\r\n").decode().splitlines():
+            fields = line.split()
+            if len(fields) > 8 and "master" in fields[2] and "fail" not in fields[2]:
+                for span in fields[8:]:
+                    low, _, high = span.partition("-")
+                    if int(low) <= slot <= int(high or low):
+                        return int(fields[1].split(":")[1].split("@")[0])
+        raise RuntimeError(f"no master serves {key!r}")
+
+    def kill(self, port: int) -> None:
+        proc = self.procs[self.ports.index(port)]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+
     def stop(self) -> None:
         for proc in self.procs:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
         for proc in self.procs:
             proc.wait(10)
+
+
+@pytest.fixture
+def fresh_redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A cluster of this test's own, for a test that kills a node."""
+    cluster = RedisCluster(tmp_path)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
