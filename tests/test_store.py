@@ -24,7 +24,7 @@ from gateway.store import (LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LI
                            USER_DISABLED, EndedSession, Session)
 from gateway.store.base import MAX_FINDINGS, Counts
 from gateway.store.memory import MemorySessionStore
-from gateway.store.client import connect
+from gateway.store.client import connect, connect_node
 from gateway.store.redis import RedisSessionStore, user_tag
 
 HISTORY = 30 * 86400.0
@@ -490,6 +490,39 @@ TAGGED = re.compile(r"^(?P<prefix>[^:]+):\{(?P<tag>[^{}]+)\}:(?P<kind>s:.+|idx|e
 
 async def _keys(raw_redis: Any, prefix: str) -> list[str]:
     return sorted([k.decode() async for k in raw_redis.scan_iter(match=f"{prefix}:*")])
+
+
+async def test_cluster_a_revocation_reaches_a_feed_on_every_master(request, clock):
+    """A worker's feed listens on one random master; the end script
+    publishes on the master of its user's slot. Plain PUBLISH is relayed to
+    every node of a cluster, so any master will do."""
+    store = RedisSessionStore(redis_config(request, "cluster"), clock=clock)
+    await store.redis.initialize()
+    feeds = [connect_node(store.config, node.host, node.port)
+             for node in store.redis.get_nodes()]
+    subscriptions = [feed.pubsub() for feed in feeds]
+    try:
+        assert len(feeds) == 3
+        for sub in subscriptions:
+            await sub.subscribe(store.channel)
+            assert (await sub.get_message(timeout=2))["type"] == "subscribe"
+        users: dict[str, str] = {}                      # a user on each master
+        for n in range(100):
+            node = store.redis.get_node_from_key(store.session_key(f"u{n}", "x")).name
+            users.setdefault(node, f"u{n}")
+        assert len(users) == 3
+        for user in users.values():
+            s = make(clock, user)
+            await create(store, s)
+            await store.end(user, s.id, LOGOUT, user, clock(), HISTORY)
+            for sub in subscriptions:
+                message = await sub.get_message(timeout=2)
+                assert (message["type"], message["data"]) == ("message", s.id.encode())
+    finally:
+        for sub, feed in zip(subscriptions, feeds):
+            await sub.aclose()
+            await feed.aclose()
+        await store.close()
 
 
 async def test_redis_keys_of_one_user_share_a_hash_slot_tag(redis_store, raw_redis, clock):

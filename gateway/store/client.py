@@ -153,8 +153,7 @@ class _Cluster(RedisCluster):
         async with asyncio.timeout(self._wait):
             await self._turns.acquire()
         try:
-            if self._initialize:
-                await self.initialize()
+            await self.initialize()         # at once when the layout is known
             return await super().execute_command(*args, **kwargs)
         finally:
             self._turns.release()
