@@ -9,11 +9,17 @@ on the cluster too, through the ``cluster`` parameter of their fixtures.)"""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+
+import pytest
 
 from authkit import api_login, send
 from conftest import USERS, write_users
-from gateway.store.redis import user_tag
+from gateway.config import RedisConfig
+from gateway.config.schema import ClusterConfig
+from gateway.store import StoreUnavailable
+from gateway.store.redis import RedisSessionStore, user_tag
 
 
 def settings(cluster) -> dict:
@@ -80,3 +86,23 @@ async def test_killing_the_master_of_a_user_s_slot_lets_nobody_through(
     print(f"cluster failover drill: recovered {recovered:.1f}s after the kill; 503s for the "
           f"valid session: {seen['valid'].count(503)} of {len(seen['valid'])}, for the "
           f"bystander on another master: {seen['bystander'].count(503)}")
+
+
+async def test_a_feed_ends_when_its_node_dies(fresh_redis_cluster, monkeypatch):
+    """The feed listens on one master; when that master dies the watch ends
+    at once (and the caller empties its cache), rather than hearing nothing."""
+    cluster = fresh_redis_cluster
+    store = RedisSessionStore(RedisConfig(
+        url="redis://cluster", timeout=0.5,
+        cluster=ClusterConfig(nodes=tuple(("127.0.0.1", p) for p in cluster.ports))))
+    monkeypatch.setattr(random, "choice", lambda nodes: nodes[0])
+    ready = asyncio.Event()
+    watch = asyncio.ensure_future(store.watch_revocations(ready.set, lambda sid: None))
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        await asyncio.to_thread(cluster.kill, store.redis.get_nodes()[0].port)
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(watch, 5)
+    finally:
+        watch.cancel()
+        await store.close()
