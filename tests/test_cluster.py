@@ -100,7 +100,7 @@ async def test_a_feed_ends_when_its_node_dies(fresh_redis_cluster, monkeypatch):
     watch = asyncio.ensure_future(store.watch_revocations(ready.set, lambda sid: None))
     try:
         await asyncio.wait_for(ready.wait(), 5)
-        await asyncio.to_thread(cluster.kill, store.redis.get_nodes()[0].port)
+        await asyncio.to_thread(cluster.kill, store.redis.get_primaries()[0].port)
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(watch, 5)
     finally:

@@ -499,7 +499,7 @@ async def test_cluster_a_revocation_reaches_a_feed_on_every_master(request, cloc
     store = RedisSessionStore(redis_config(request, "cluster"), clock=clock)
     await store.redis.initialize()
     feeds = [connect_node(store.config, node.host, node.port)
-             for node in store.redis.get_nodes()]
+             for node in store.redis.get_primaries()]
     subscriptions = [feed.pubsub() for feed in feeds]
     try:
         assert len(feeds) == 3

@@ -829,7 +829,7 @@ class RedisSessionStore(SessionStore):
         if not self.cluster:
             return connect(self.config, dedicated=True)
         await self.redis.initialize()
-        node = random.choice(self.redis.get_nodes())
+        node = random.choice(self.redis.get_primaries())
         return connect_node(self.config, node.host, node.port)
 
     async def add_security_event(self, username: str, sid: str, mark: str,
