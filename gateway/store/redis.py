@@ -58,7 +58,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -437,6 +436,50 @@ def _flat_to_dict(flat: list[Any]) -> dict[Any, Any]:
     return dict(zip(flat[::2], flat[1::2]))
 
 
+async def _listen(client: aioredis.Redis, channel: str, on_subscribed: Callable[[], None],
+                  on_revoked: Callable[[str], None]) -> None:
+    """Follow ``channel`` on ``client``'s one connection until it fails or
+    goes quiet (StoreUnavailable); see ``watch_revocations``."""
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(channel)
+        heard = pinged = time.monotonic()
+        task = asyncio.current_task()
+        while True:
+            message = await pubsub.get_message(timeout=0.05)
+            # A cancel that lands on get_message's own timeout comes back
+            # as None (asyncio.timeout on 3.11); without this the worker
+            # never finishes shutting down.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError()
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                if message["type"] == "subscribe":
+                    on_subscribed()
+                elif message["type"] == "message":
+                    on_revoked(message["data"].decode())
+            if now - heard > FEED_SILENCE:
+                raise StoreUnavailable("revocation feed went quiet")
+            if now - pinged >= FEED_PING:
+                await pubsub.ping()
+                pinged = now
+    finally:
+        try:
+            await pubsub.aclose()
+        except FAILURES:
+            pass
+
+
+def _first_cause(failures: BaseExceptionGroup) -> str:
+    """What ended a feed, as the log line says it: the first failure's name
+    (or a quiet feed's message)."""
+    first = failures.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return str(first) if isinstance(first, StoreUnavailable) else type(first).__name__
+
+
 class RedisSessionStore(SessionStore):
     def __init__(self, config: RedisConfig, max_idle: float = 30 * 86400.0,
                  clock: Callable[[], float] = time.time,
@@ -776,61 +819,48 @@ class RedisSessionStore(SessionStore):
 
     async def watch_revocations(self, on_ready: Callable[[], None],
                                 on_revoked: Callable[[str], None]) -> None:
-        """Subscribe on a connection of its own, with no silent reconnects.
+        """Subscribe on connections of their own, with no silent reconnects.
 
         redis-py would otherwise reconnect and resubscribe by itself, and
         messages published in between would be lost unnoticed. Here any
         error, or FEED_SILENCE seconds without an answer to the ping sent
         every FEED_PING seconds, ends the watch so the caller stops trusting
         its cache. (A false alarm under load only costs a cache refill.)
-        """
-        client = None
-        try:
-            client = await self._feed_client()
-            pubsub = client.pubsub()
-            await pubsub.subscribe(self.channel)
-            heard = pinged = time.monotonic()
-            task = asyncio.current_task()
-            while True:
-                message = await pubsub.get_message(timeout=0.05)
-                # A cancel that lands on get_message's own timeout comes back
-                # as None (asyncio.timeout on 3.11); without this the worker
-                # never finishes shutting down.
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError()
-                now = time.monotonic()
-                if message is not None:
-                    heard = now
-                    if message["type"] == "subscribe":
-                        on_ready()
-                    elif message["type"] == "message":
-                        on_revoked(message["data"].decode())
-                if now - heard > FEED_SILENCE:
-                    raise StoreUnavailable("revocation feed went quiet")
-                if now - pinged >= FEED_PING:
-                    await pubsub.ping()
-                    pinged = now
-        except FAILURES as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
-        finally:
-            try:
-                if client is not None:
-                    await pubsub.aclose()
-                    await client.aclose()
-            except FAILURES:
-                pass
 
-    async def _feed_client(self) -> aioredis.Redis:
-        """The feed's own connection. On Redis Cluster a PUBLISH reaches every
-        node, so one node will do: a random master, so that workers spread
-        their feeds and the next try after a node is lost finds another.
-        (Sharded pub/sub would need one channel per slot: SPUBLISH from the
-        end script must stay inside its user's slot.)"""
-        if not self.cluster:
-            return connect(self.config, dedicated=True)
-        await self.redis.initialize()
-        node = random.choice(self.redis.get_primaries())
-        return connect_node(self.config, node.host, node.port)
+        On Redis Cluster the feed listens on every master: the end script's
+        PUBLISH reaches its own master's subscribers before the script's
+        answer leaves, as on one Redis, so a sign-out that has returned is
+        already on its way to every worker. The copies the cluster relays to
+        the other masters come later and drop the session again, harmlessly.
+        (Sharded pub/sub would need a channel per slot: SPUBLISH from the
+        end script must stay inside its user's slot.)
+        """
+        clients: list[aioredis.Redis] = []
+        try:
+            if self.cluster:
+                await self.redis.initialize()
+                clients = [connect_node(self.config, node.host, node.port)
+                           for node in self.redis.get_primaries()]
+            else:
+                clients = [connect(self.config, dedicated=True)]
+            waiting = len(clients)
+
+            def subscribed() -> None:
+                nonlocal waiting
+                waiting -= 1
+                if waiting == 0:
+                    on_ready()
+            async with asyncio.TaskGroup() as group:
+                for client in clients:
+                    group.create_task(_listen(client, self.channel, subscribed, on_revoked))
+        except* (StoreUnavailable, *FAILURES) as failures:
+            raise StoreUnavailable(_first_cause(failures)) from None
+        finally:
+            for client in clients:
+                try:
+                    await client.aclose()
+                except FAILURES:
+                    pass
 
     async def add_security_event(self, username: str, sid: str, mark: str,
                                  record: dict[str, Any] | None, keep: float,
