@@ -17,7 +17,7 @@ from authkit import api_login, send
 from conftest import USERS, write_users
 from gateway.config import RedisConfig
 from gateway.config.schema import ClusterConfig
-from gateway.store import StoreUnavailable
+from gateway.store import Session, StoreUnavailable
 from gateway.store.redis import RedisSessionStore, user_tag
 
 
@@ -99,4 +99,33 @@ async def test_a_feed_ends_when_a_master_dies(fresh_redis_cluster):
             await asyncio.wait_for(watch, 5)
     finally:
         watch.cancel()
+        await store.close()
+
+
+async def test_a_dead_master_is_an_outage_never_a_partial_answer(fresh_redis_cluster):
+    """A batch that meets a dead master raises (503), as a pipeline on one
+    Redis does: the audit trail keeps its events to send again, and the
+    admin listing does not quietly leave out the sessions on that master.
+    Closing the store afterwards closes every connection."""
+    cluster = fresh_redis_cluster
+    store = RedisSessionStore(RedisConfig(
+        url="redis://cluster", key_prefix="out", timeout=0.5,
+        cluster=ClusterConfig(nodes=tuple(("127.0.0.1", p) for p in cluster.ports))))
+    try:
+        victim = cluster.master_of(store.audit_key)
+        now = time.time()
+        for n in range(12):                   # users on every master, the victim's too
+            user = f"user{n}"
+            session = Session(id=f"s{n}", username=user, created_at=now, last_seen_at=now,
+                              expires_at=now + 3600, idle_timeout=600)
+            await store.create(session, 5, 3600)
+        assert {cluster.master_of(store.session_key(f"user{n}", "x"))
+                for n in range(12)} >= {victim}
+        assert len((await store.list_sessions(None, 50)).sessions) == 12
+        await asyncio.to_thread(cluster.kill, victim)
+        with pytest.raises(StoreUnavailable):
+            await store.audit_append([{"type": "login"}], retention=3600)
+        with pytest.raises(StoreUnavailable):
+            await store.list_sessions(None, 50)
+    finally:
         await store.close()

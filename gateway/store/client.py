@@ -131,7 +131,7 @@ def _cluster(config: RedisConfig) -> aioredis.Redis:
 
 
 class _Cluster(RedisCluster):
-    """redis-py's cluster client with two mends, both for commands that
+    """redis-py's cluster client with three mends. Two are for commands that
     arrive together (every request of a busy worker):
 
     - It learns the cluster's layout before routing any of them. redis-py
@@ -142,12 +142,22 @@ class _Cluster(RedisCluster):
     - At most ``max_connections`` commands run at once, waiting up to the
       timeout for a turn, as the single-Redis pool does: redis-py's node
       pools raise instead of waiting when they are full.
+
+    The third: closing it closes every connection, also after a failure
+    (``aclose``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._turns = asyncio.Semaphore(kwargs["max_connections"])
         self._wait = kwargs["socket_timeout"]
+
+    async def aclose(self) -> None:
+        """Close every connection, also after an error: redis-py's own close
+        does nothing while the client means to relearn the layout."""
+        await super().aclose()
+        await self.nodes_manager.aclose()
+        await self.nodes_manager.aclose("startup_nodes")
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with asyncio.timeout(self._wait):

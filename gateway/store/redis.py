@@ -63,7 +63,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (ClusterDownError, NoScriptError, RedisClusterException, RedisError,
+                              ResponseError, TryAgainError)
 
 from ..config import RedisConfig
 from .base import (BUSY_WAIT, EXPIRED_GRACE_MAX, LOGOUT, MAX_FINDINGS, RANK_KEEP,
@@ -374,45 +375,61 @@ class _ClusterBatch:
     pipeline refuses scripts (and PFCOUNT). Commands on different keys go
     at the same time, each to the node of its key; commands on the same key
     go one after another, in the order queued (audit entries keep their
-    order). The answers come back in the order the commands were queued."""
+    order), and a command on several keys waits for all queued before it.
+    The answers come back in the order queued. As in a pipeline, a command
+    Redis refused is an answer with ``raise_on_error=False``, while a lost
+    node or a cluster that is down raises, once every command has finished."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self._calls: list[tuple[Any, Callable[[], Awaitable[Any]]]] = []
+        # Phases run one after another; a phase's commands by key.
+        self._phases: list[dict[Any, list[tuple[int, Callable[[], Awaitable[Any]]]]]] = [{}]
+        self._count = 0
+
+    def _queue(self, keys: tuple[Any, ...], call: Callable[[], Awaitable[Any]]) -> None:
+        if len(keys) > 1:                   # its own phase, after all before it
+            self._phases += [{None: [(self._count, call)]}, {}]
+        else:
+            self._phases[-1].setdefault(keys[0] if keys else None, []).append(
+                (self._count, call))
+        self._count += 1
 
     def __getattr__(self, name: str) -> Any:
         command = getattr(self._client, name)
 
         def queued(*args: Any, **kwargs: Any) -> "_ClusterBatch":
-            self._calls.append((args[0] if args else None, lambda: command(*args, **kwargs)))
+            keys = args if name in ("delete", "unlink", "exists") else args[:1]
+            self._queue(keys, lambda: command(*args, **kwargs))
             return self
         return queued
 
     def script(self, script: Any, keys: list[str], args: list[Any]) -> None:
-        self._calls.append((keys[0], lambda: script(keys=keys, args=args)))
+        self._queue((keys[0],), lambda: script(keys=keys, args=args))
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        answers: list[Any] = [None] * len(self._calls)
-        by_key: dict[Any, list[int]] = {}
-        for i, (key, _) in enumerate(self._calls):
-            by_key.setdefault(key, []).append(i)
+        answers: list[Any] = [None] * self._count
 
-        async def in_turn(positions: list[int]) -> None:
-            for i in positions:
+        async def in_turn(calls: list[tuple[int, Callable[[], Awaitable[Any]]]]) -> None:
+            for i, call in calls:
                 try:
-                    answers[i] = await self._calls[i][1]()
-                except Exception as exc:
-                    if raise_on_error:
+                    answers[i] = await call()
+                except ResponseError as exc:
+                    if raise_on_error or isinstance(exc, (ClusterDownError, TryAgainError)):
                         raise
                     answers[i] = exc
-        await asyncio.gather(*(in_turn(positions) for positions in by_key.values()))
+        for phase in self._phases:
+            outcomes = await asyncio.gather(*(in_turn(calls) for calls in phase.values()),
+                                            return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         return answers
 
     async def __aenter__(self) -> "_ClusterBatch":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        self._calls.clear()
+        self._phases, self._count = [{}], 0
 
 
 def _pairs(fields: dict[str, str]) -> list[str]:
