@@ -188,7 +188,11 @@ BAD = [
     ({"session": {"redis": {"cluster": {"seeds": ["r1:6379"]}}}},
      ["session.redis.cluster.seeds: unknown key"]),
     ({"session": {"redis": {"url": "redis://r1:6379/2", "cluster": {"nodes": ["r1:6379"]}}}},
-     ["session.redis.url: Redis Cluster has only database 0; drop the /db from the url"]),
+     ["session.redis.url: Redis Cluster has only database 0; drop the database from the url"]),
+    ({"session": {"redis": {"url": "redis://r1:6379?db=3", "cluster": {"nodes": ["r1:6379"]}}}},
+     ["session.redis.url: Redis Cluster has only database 0; drop the database from the url"]),
+    ({"session": {"redis": {"url": "redis:///0?password=hunter2"}}},      # never repeated
+     ["session.redis.url: must be a redis or rediss or unix URL with a host"]),
     ({"session": {"redis": {"url": "unix:///run/redis.sock", "cluster": {"nodes": ["r1:6379"]}}}},
      ["session.redis.url: a unix socket cannot reach Redis Cluster; use redis:// or "
       "rediss:// for TLS and the database"]),

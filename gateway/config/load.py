@@ -229,8 +229,9 @@ def redis_problems(redis: RedisConfig, earlier: list[str]) -> list[str]:
         problems.append(f"{where}.url: a unix socket cannot reach Redis "
                         f"{'Sentinel' if sentinel.nodes else 'Cluster'}; use redis:// or "
                         f"rediss:// for TLS and the database")
-    elif cluster.nodes and url.path.strip("/") not in ("", "0"):
-        problems.append(f"{where}.url: Redis Cluster has only database 0; drop the /db "
+    elif cluster.nodes and ({url.path.strip("/")} | set(parse_qs(url.query).get("db", []))
+                            ) - {"", "0"}:
+        problems.append(f"{where}.url: Redis Cluster has only database 0; drop the database "
                         f"from the url")
     query = parse_qs(url.query)
     for name in ("username", "password"):

@@ -228,7 +228,8 @@ def url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
         try:
             return _url(v, schemes)
         except ValueError as exc:
-            if "@" in v:   # a password may be in it: never repeat the value
+            # A password may be in it: never repeat the value.
+            if "@" in v or "password" in v.lower():
                 raise HiddenValueError(str(exc)) from None
             raise
     return parse
