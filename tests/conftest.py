@@ -122,10 +122,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 class RedisCluster:
     """Three masters and three replicas on loopback, made a cluster by
-    ``redis-cli --cluster create``."""
+    ``redis-cli --cluster create``; with ``password``, every node asks for it
+    (so the gateway's clients are tested with credentials)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, password: str | None = None) -> None:
+        self.folder, self.password = folder, password
         self.ports = [self._free_pair() for _ in range(6)]
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -148,18 +149,31 @@ class RedisCluster:
     def nodes(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.ports]
 
+    def settings(self) -> dict[str, Any]:
+        """``session.redis.cluster`` for this cluster."""
+        return {"nodes": self.nodes, "password": self.password}
+
+    def ask(self, port: int, command: bytes) -> bytes:
+        reply = ask(port, (f"AUTH {self.password}\r\n".encode() if self.password else b"")
+                    + command)
+        return reply[5:] if self.password and reply.startswith(b"+OK\r\n") else reply
+
     def start(self) -> None:
+        secret = ["--requirepass", self.password, "--masterauth", self.password] \
+            if self.password else []
         for port in self.ports:
             self.procs.append(subprocess.Popen(
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(self.folder), "--cluster-enabled", "yes",
                  "--cluster-config-file", f"nodes-{port}.conf",
                  "--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0",
-                 "--logfile", f"node-{port}.log"],
+                 "--logfile", f"node-{port}.log", *secret],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in self.ports:
             self._wait(port, b"PING\r\n", b"+PONG")
-        subprocess.run(["redis-cli", "--cluster", "create", *self.nodes,
+        subprocess.run(["redis-cli", *(["-a", self.password, "--no-auth-warning"]
+                                       if self.password else []),
+                        "--cluster", "create", *self.nodes,
                         "--cluster-replicas", "1", "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=60)
@@ -167,18 +181,15 @@ class RedisCluster:
             self._wait(port, b"CLUSTER INFO\r\n", b"cluster_state:ok", within=30)
         # Each replica in sync: one that never was cannot take over its master.
         for port in self.ports:
-            if b"role:slave" in ask(port, b"INFO replication\r\n"):
+            if b"role:slave" in self.ask(port, b"INFO replication\r\n"):
                 self._wait(port, b"INFO replication\r\n", b"master_link_status:up", within=30)
 
-    @staticmethod
-    def _wait(port: int, command: bytes, expected: bytes, within: float = 10) -> None:
+    def _wait(self, port: int, command: bytes, expected: bytes, within: float = 10) -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.sendall(command)
-                    if expected in s.recv(4096):
-                        return
+                if expected in self.ask(port, command):
+                    return
             except OSError:
                 pass
             time.sleep(0.1)
@@ -186,8 +197,8 @@ class RedisCluster:
 
     def master_of(self, key: str) -> int:
         """The port of the master that serves ``key``'s hash slot."""
-        slot = int(ask(self.ports[0], f"CLUSTER KEYSLOT {key}\r\n".encode())[1:])
-        for line in ask(self.ports[0], b"CLUSTER NODES\r\n").decode().splitlines():
+        slot = int(self.ask(self.ports[0], f"CLUSTER KEYSLOT {key}\r\n".encode())[1:])
+        for line in self.ask(self.ports[0], b"CLUSTER NODES\r\n").decode().splitlines():
             fields = line.split()
             if len(fields) > 8 and "master" in fields[2] and "fail" not in fields[2]:
                 for span in fields[8:]:
@@ -222,7 +233,7 @@ def fresh_redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"), password="cluster-pw")
     try:
         cluster.start()
         yield cluster
@@ -231,10 +242,18 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 
 def ask(port: int, command: bytes) -> bytes:
+    """One command's reply, read whole when it is a bulk string (INFO,
+    CLUSTER NODES); others are read as they come."""
     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
         s.sendall(command)
         time.sleep(0.05)
-        return s.recv(65536)
+        reply = s.recv(65536)
+        if reply.startswith(b"$") and b"\r\n" in reply:
+            head = reply.index(b"\r\n")
+            size = int(reply[1:head])           # -1: no value
+            while size >= 0 and len(reply) < head + 2 + size + 2:
+                reply += s.recv(65536)
+        return reply
 
 
 def wait_until(check: Any, what: str, within: float = 20) -> None:
@@ -324,7 +343,7 @@ def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
         return {"store": "redis", "redis": {"url": "redis://cluster", "key_prefix": prefix,
-                                            "cluster": {"nodes": cluster.nodes}}}
+                                            "cluster": cluster.settings()}}
     server = request.getfixturevalue("redis_server")
     return {"store": "redis", "redis": {"url": server.url, "key_prefix": prefix}}
 

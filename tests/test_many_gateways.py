@@ -38,7 +38,7 @@ def topology_settings(request: pytest.FixtureRequest, topology: str) -> dict[str
         sentinels = request.getfixturevalue("redis_sentinels")
         redis = {"sentinel": {"master": sentinels.name, "nodes": sentinels.nodes}}
     elif topology == "cluster":
-        redis = {"cluster": {"nodes": request.getfixturevalue("redis_cluster").nodes}}
+        redis = {"cluster": request.getfixturevalue("redis_cluster").settings()}
     else:
         redis = {"url": request.getfixturevalue("redis_server").url}
     return {"store": "redis", "redis": {**redis, "key_prefix": prefix}}

@@ -37,6 +37,7 @@ def _started(argv: list[str], ready: Callable[[], bool]) -> subprocess.Popen[byt
             pass
         time.sleep(0.05)
     proc.kill()
+    proc.wait(5)
     raise RuntimeError(f"redis-server did not start: {argv}")
 
 

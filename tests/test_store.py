@@ -43,7 +43,8 @@ def redis_config(request: pytest.FixtureRequest, topology: str) -> RedisConfig:
         cluster = request.getfixturevalue("redis_cluster")
         return RedisConfig(url="redis://cluster", key_prefix=prefix,
                            cluster=ClusterConfig(nodes=tuple(
-                               (h, int(p)) for h, p in (n.split(":") for n in cluster.nodes))))
+                               (h, int(p)) for h, p in (n.split(":") for n in cluster.nodes)),
+                               password=cluster.password))
     return RedisConfig(url=request.getfixturevalue("redis_server").url, key_prefix=prefix)
 
 
