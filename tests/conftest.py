@@ -323,6 +323,18 @@ class RedisSentinels:
                 proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def shared_redis_sentinels(tmp_path_factory: pytest.TempPathFactory
+                           ) -> Iterator[RedisSentinels]:
+    """Sentinel for the store suite (the drill kills its own, below)."""
+    topology = RedisSentinels(tmp_path_factory.mktemp("sentinels"))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()
+
+
 @pytest.fixture
 def redis_sentinels(tmp_path: Path) -> Iterator[RedisSentinels]:
     topology = RedisSentinels(tmp_path)

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from conftest import Clock
 from gateway.audit import stats
 from gateway.config import RedisConfig
-from gateway.config.schema import ClusterConfig
+from gateway.config.schema import ClusterConfig, SentinelConfig
 from gateway.store import (LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT,
                            USER_DISABLED, EndedSession, Session)
 from gateway.store.base import MAX_FINDINGS, Counts
@@ -36,9 +36,14 @@ def clock() -> Clock:
 
 
 def redis_config(request: pytest.FixtureRequest, topology: str) -> RedisConfig:
-    """A config for one Redis or for the cluster, with a prefix of its own
-    (no test sees another's keys)."""
+    """A config for one Redis, Sentinel or the cluster, with a prefix of its
+    own (no test sees another's keys)."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
+    if topology == "sentinel":
+        sentinels = request.getfixturevalue("shared_redis_sentinels")
+        return RedisConfig(key_prefix=prefix, sentinel=SentinelConfig(
+            master=sentinels.name, nodes=tuple(
+                (h, int(p)) for h, p in (n.split(":") for n in sentinels.nodes))))
     if topology == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
         return RedisConfig(url="redis://cluster", key_prefix=prefix,
@@ -48,7 +53,7 @@ def redis_config(request: pytest.FixtureRequest, topology: str) -> RedisConfig:
     return RedisConfig(url=request.getfixturevalue("redis_server").url, key_prefix=prefix)
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def store(request: pytest.FixtureRequest, clock: Clock) -> Any:
     if request.param == "memory":
         s: Any = MemorySessionStore(clock)
@@ -58,7 +63,7 @@ async def store(request: pytest.FixtureRequest, clock: Clock) -> Any:
     await s.close()
 
 
-@pytest.fixture(params=["redis", "cluster"])
+@pytest.fixture(params=["redis", "sentinel", "cluster"])
 async def redis_store(request: pytest.FixtureRequest, clock: Clock) -> Any:
     s = RedisSessionStore(redis_config(request, request.param), clock=clock)
     yield s
