@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,31 @@ async def raw_exchange(client: Any, data: bytes, timeout: float = 10) -> bytes:
         return b""
     finally:
         writer.close()
+
+
+async def failover_drill(client: Any, kill: Callable[[], None], valid: str, revoked: str,
+                         **others: str) -> tuple[dict[str, list[int]], float]:
+    """Run ``kill`` (in a thread) and send, every 50 ms, requests with the
+    valid session, the signed-out one, none, on a public path, and with
+    ``others`` (name: token), until the valid session has answered 503 and
+    then 200 three times in a row. Nobody without a valid session may get
+    through at any moment, public paths never need the store. Returns each
+    one's answers and the seconds from the kill to the recovery."""
+    killed = time.monotonic()
+    await asyncio.to_thread(kill)
+    probes = [("valid", valid, "/x"), ("revoked", revoked, "/x"), ("none", None, "/x"),
+              ("public", None, "/static/a.css"), *((n, t, "/x") for n, t in others.items())]
+    seen: dict[str, list[int]] = {name: [] for name, _, _ in probes}
+    while time.monotonic() - killed < 40:
+        for name, token, path in probes:
+            seen[name].append((await send(client, "GET", path, token=token)).status)
+        if 503 in seen["valid"] and seen["valid"][-3:] == [200] * 3:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError({k: sorted(set(v)) for k, v in seen.items()})
+    assert set(seen["revoked"]) <= {401, 503} and set(seen["none"]) <= {401, 503}
+    assert set(seen["valid"]) <= {200, 503}
+    assert set(seen["public"]) == {200}
+    return seen, time.monotonic() - killed
+
