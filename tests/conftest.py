@@ -154,9 +154,7 @@ class RedisCluster:
         return {"nodes": self.nodes, "password": self.password}
 
     def ask(self, port: int, command: bytes) -> bytes:
-        reply = ask(port, (f"AUTH {self.password}\r\n".encode() if self.password else b"")
-                    + command)
-        return reply[5:] if self.password and reply.startswith(b"+OK\r\n") else reply
+        return ask(port, command, self.password)
 
     def start(self) -> None:
         secret = ["--requirepass", self.password, "--masterauth", self.password] \
@@ -241,10 +239,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         cluster.stop()
 
 
-def ask(port: int, command: bytes) -> bytes:
+def ask(port: int, command: bytes, password: str | None = None) -> bytes:
     """One command's reply, read whole when it is a bulk string (INFO,
     CLUSTER NODES); others are read as they come."""
     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        if password:
+            s.sendall(f"AUTH {password}\r\n".encode())
+            if s.recv(5) != b"+OK\r\n":
+                raise OSError(f"redis node {port} refused the password")
         s.sendall(command)
         time.sleep(0.05)
         reply = s.recv(65536)

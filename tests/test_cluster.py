@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import pytest
 
@@ -18,6 +19,7 @@ from conftest import USERS, write_users
 from gateway.config import RedisConfig
 from gateway.config.schema import ClusterConfig
 from gateway.store import Session, StoreUnavailable
+from gateway.store.base import Counts
 from gateway.store.redis import RedisSessionStore, user_tag
 
 
@@ -65,23 +67,49 @@ async def test_killing_the_master_of_a_user_s_slot_lets_nobody_through(
           f"bystander on another master: {seen['bystander'].count(503)}")
 
 
-async def test_a_feed_ends_when_a_master_dies(fresh_redis_cluster):
-    """The feed listens on every master; when one dies the watch ends at once
-    (and the caller empties its cache), rather than missing what it would
-    have heard first."""
+async def test_a_feed_ends_when_any_master_dies_and_the_next_listens_on_the_new_ones(
+        fresh_redis_cluster):
+    """The feed listens on every master: when one dies the watch ends at once
+    (the caller empties its cache) rather than missing what it would have
+    heard first. The next watch, as the caller starts one each second, finds
+    the promoted replica by itself, with no other traffic to teach the
+    client the new layout."""
     cluster = fresh_redis_cluster
     store = RedisSessionStore(RedisConfig(
         url="redis://cluster", timeout=0.5,
         cluster=ClusterConfig(nodes=tuple(("127.0.0.1", p) for p in cluster.ports))))
-    ready = asyncio.Event()
-    watch = asyncio.ensure_future(store.watch_revocations(ready.set, lambda sid: None))
+
+    async def watch(within: float) -> tuple[asyncio.Future, bool]:
+        ready = asyncio.Event()
+        feed = asyncio.ensure_future(store.watch_revocations(ready.set, lambda sid: None))
+        waiting = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([feed, waiting], timeout=within,
+                           return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        return feed, ready.is_set()
+
     try:
-        await asyncio.wait_for(ready.wait(), 5)
-        await asyncio.to_thread(cluster.kill, store.redis.get_primaries()[0].port)
+        feed, ready = await watch(5)
+        assert ready
+        masters = sorted(node.port for node in store.redis.get_primaries())
+        victim = masters[-1]                 # not the first: every master counts
+        await asyncio.to_thread(cluster.kill, victim)
         with pytest.raises(StoreUnavailable):
-            await asyncio.wait_for(watch, 5)
+            await asyncio.wait_for(feed, 5)
+        deadline = time.monotonic() + 30
+        while True:
+            feed, ready = await watch(2)
+            if ready:
+                break
+            assert time.monotonic() < deadline, "no feed 30 s after the kill"
+            with pytest.raises(StoreUnavailable):
+                await feed
+            await asyncio.sleep(1)
+        now = sorted(node.port for node in store.redis.get_primaries())
+        assert victim not in now and len(now) == 3
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
     finally:
-        watch.cancel()
         await store.close()
 
 
@@ -110,5 +138,26 @@ async def test_a_dead_master_is_an_outage_never_a_partial_answer(fresh_redis_clu
             await store.audit_append([{"type": "login"}], retention=3600)
         with pytest.raises(StoreUnavailable):
             await store.list_sessions(None, 50)
+    finally:
+        await store.close()
+
+
+async def test_the_audit_trail_is_stored_once_when_the_counts_master_dies(fresh_redis_cluster):
+    """The records and the analytics counts of an audit batch live on
+    different masters. When only the counts' master is lost, the records
+    stay stored once: the batch is not reported failed (the trail would
+    send it again, appending the records twice)."""
+    cluster = fresh_redis_cluster
+    prefix = next(p for p in (f"a{n}" for n in range(50))
+                  if cluster.master_of(f"{p}:audit") != cluster.master_of(f"{p}:{{stats}}:x"))
+    store = RedisSessionStore(RedisConfig(
+        url="redis://cluster", key_prefix=prefix, timeout=0.5,
+        cluster=ClusterConfig(nodes=tuple(("127.0.0.1", p) for p in cluster.ports))))
+    try:
+        counts = Counts(keep=60, add={"h:1": Counter(logins=1)})
+        await store.audit_append([{"type": "login"}], 3600, counts)
+        await asyncio.to_thread(cluster.kill, cluster.master_of(store.stats_key("h:1")))
+        await store.audit_append([{"type": "logout"}], 3600, counts)
+        assert [r["type"] for _, r in await store.audit_page(None, 10)] == ["logout", "login"]
     finally:
         await store.close()

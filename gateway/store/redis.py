@@ -854,10 +854,15 @@ class RedisSessionStore(SessionStore):
         """
         clients: list[aioredis.Redis] = []
         try:
+            masters: set[str] = set()
             if self.cluster:
-                await self.redis.initialize()
-                clients = [connect_node(self.config, node.host, node.port)
-                           for node in self.redis.get_primaries()]
+                # The layout afresh: redis-py relearns it only when a command
+                # fails on a dead node, which a worker whose requests never
+                # touch that node's slots would not send.
+                await self.redis.nodes_manager.initialize()
+                nodes = self.redis.get_primaries()
+                masters = {node.name for node in nodes}
+                clients = [connect_node(self.config, node.host, node.port) for node in nodes]
             else:
                 clients = [connect(self.config, dedicated=True)]
             waiting = len(clients)
@@ -870,6 +875,8 @@ class RedisSessionStore(SessionStore):
             async with asyncio.TaskGroup() as group:
                 for client in clients:
                     group.create_task(_listen(client, self.channel, subscribed, on_revoked))
+                if masters:
+                    group.create_task(self._same_masters(masters))
         except* (StoreUnavailable, *FAILURES) as failures:
             raise StoreUnavailable(_first_cause(failures)) from None
         finally:
@@ -878,6 +885,14 @@ class RedisSessionStore(SessionStore):
                     await client.aclose()
                 except FAILURES:
                     pass
+
+    async def _same_masters(self, masters: set[str]) -> None:
+        """End the watch once the client knows other masters (a failover, a
+        reshard), so that the next one listens on those."""
+        while True:
+            await asyncio.sleep(FEED_PING)
+            if {node.name for node in self.redis.get_primaries()} != masters:
+                raise StoreUnavailable("the cluster's masters changed")
 
     async def add_security_event(self, username: str, sid: str, mark: str,
                                  record: dict[str, Any] | None, keep: float,
@@ -938,25 +953,35 @@ class RedisSessionStore(SessionStore):
                            counts: Counts | None = None) -> None:
         oldest = int((self.clock() - retention) * 1000)
 
+        # On a cluster the records and the counts live on different masters,
+        # which fail apart: the counts go second, on their own, so that a
+        # failure of theirs never sends the records again.
+        together = bool(counts) and not self.cluster
+
         async def run() -> list[Any]:
             async with self._pipeline() as pipe:
                 for record in records:
                     pipe.xadd(self.audit_key, {"e": json.dumps(record, separators=(",", ":"))},
                               minid=oldest, approximate=True)
-                if counts:
+                if together:
                     _queue(pipe, self._count, *self._count_call(counts))
                 return await pipe.execute(raise_on_error=False)
         # Only a lost connection raises (and the batch is sent again); a
         # command Redis refused has been refused for good, and the others of
         # the batch are applied: sending them again would append them twice.
         results = await self._call(run)
-        if counts and isinstance(results[-1], NoScriptError):     # Redis forgot the script
+        if together and isinstance(results[-1], NoScriptError):     # Redis forgot the script
             await self.count(counts)
             results.pop()
         refused = [r for r in results if isinstance(r, Exception)]
         if refused:
             log.error("audit: Redis refused %d of the %d writes of a batch (%s)", len(refused),
-                      len(records) + bool(counts), type(refused[0]).__name__)
+                      len(records) + together, type(refused[0]).__name__)
+        if counts and not together:
+            try:
+                await self.count(counts)
+            except StoreUnavailable as exc:
+                log.error("audit: the analytics counts of a batch were not stored (%s)", exc)
 
     # -- login throttling ----------------------------------------------------------
     def _throttle_key(self, key: str) -> str:
