@@ -506,6 +506,7 @@ async def test_cluster_the_feed_hears_sign_outs_on_every_master(request, clock):
     watch = asyncio.ensure_future(store.watch_revocations(ready.set, heard.put_nowait))
     try:
         await asyncio.wait_for(ready.wait(), 5)
+        await store.redis.initialize()
         users: dict[str, str] = {}                      # a user on each master
         for n in range(100):
             node = store.redis.get_node_from_key(store.session_key(f"u{n}", "x")).name

@@ -354,6 +354,8 @@ _LEGACY_REASONS = {"logout": LOGOUT, "revoked": REVOKED_BY_ADMIN, "disabled": US
 # feed, and so stops serving sessions from its cache: at most FEED_SILENCE.
 FEED_PING = 0.25
 FEED_SILENCE = 0.75
+# How often a feed on Redis Cluster asks which nodes are the masters.
+FEED_CHECK = 1.0
 
 
 def user_tag(username: str) -> str:
@@ -854,18 +856,14 @@ class RedisSessionStore(SessionStore):
         """
         clients: list[aioredis.Redis] = []
         try:
-            masters: set[str] = set()
             if self.cluster:
-                # The layout afresh: redis-py relearns it only when a command
-                # fails on a dead node, which a worker whose requests never
-                # touch that node's slots would not send.
-                await self.redis.nodes_manager.initialize()
-                nodes = self.redis.get_primaries()
-                masters = {node.name for node in nodes}
-                clients = [connect_node(self.config, node.host, node.port) for node in nodes]
+                masters = await self._masters()
+                feeds = [connect_node(self.config, host, port) for host, port in masters]
+                checker = connect_node(self.config, *min(masters))
+                clients = [*feeds, checker]
             else:
-                clients = [connect(self.config, dedicated=True)]
-            waiting = len(clients)
+                feeds = clients = [connect(self.config, dedicated=True)]
+            waiting = len(feeds)
 
             def subscribed() -> None:
                 nonlocal waiting
@@ -873,10 +871,10 @@ class RedisSessionStore(SessionStore):
                 if waiting == 0:
                     on_ready()
             async with asyncio.TaskGroup() as group:
-                for client in clients:
-                    group.create_task(_listen(client, self.channel, subscribed, on_revoked))
-                if masters:
-                    group.create_task(self._same_masters(masters))
+                for feed in feeds:
+                    group.create_task(_listen(feed, self.channel, subscribed, on_revoked))
+                if self.cluster:
+                    group.create_task(self._same_masters(checker, masters))
         except* (StoreUnavailable, *FAILURES) as failures:
             raise StoreUnavailable(_first_cause(failures)) from None
         finally:
@@ -886,12 +884,34 @@ class RedisSessionStore(SessionStore):
                 except FAILURES:
                     pass
 
-    async def _same_masters(self, masters: set[str]) -> None:
-        """End the watch once the client knows other masters (a failover, a
-        reshard), so that the next one listens on those."""
+    async def _masters(self, client: aioredis.Redis | None = None) -> set[tuple[str, int]]:
+        """The masters that serve the slots now, as ``client`` (else the first
+        node to answer) says. Asked of a node directly: the cluster client
+        learns of a change only when one of its own commands meets it, and
+        asking it to relearn reconnects its whole pool."""
+        if client is not None:
+            slots = await client.execute_command("CLUSTER SLOTS")
+            if not slots:
+                raise StoreUnavailable("the cluster serves no slots")
+            return {(entry[2][0].decode(), int(entry[2][1])) for entry in slots}
+        known = [(n.host, n.port) for n in self.redis.get_primaries()]
+        for host, port in dict.fromkeys([*known, *self.config.cluster.nodes]):
+            node = connect_node(self.config, host, port)
+            try:
+                return await self._masters(node)
+            except FAILURES:
+                continue
+            finally:
+                await node.aclose()
+        raise StoreUnavailable("no node of the cluster answered")
+
+    async def _same_masters(self, client: aioredis.Redis, masters: set[tuple[str, int]]
+                            ) -> None:
+        """End the watch once the masters change (a failover, a reshard, a
+        replica promoted by hand), so that the next one listens on those."""
         while True:
-            await asyncio.sleep(FEED_PING)
-            if {node.name for node in self.redis.get_primaries()} != masters:
+            await asyncio.sleep(FEED_CHECK)
+            if await self._masters(client) != masters:
                 raise StoreUnavailable("the cluster's masters changed")
 
     async def add_security_event(self, username: str, sid: str, mark: str,
