@@ -858,12 +858,10 @@ class RedisSessionStore(SessionStore):
         try:
             if self.cluster:
                 masters = await self._masters()
-                feeds = [connect_node(self.config, host, port) for host, port in masters]
-                checker = connect_node(self.config, *min(masters))
-                clients = [*feeds, checker]
+                clients = [connect_node(self.config, host, port) for host, port in masters]
             else:
-                feeds = clients = [connect(self.config, dedicated=True)]
-            waiting = len(feeds)
+                clients = [connect(self.config, dedicated=True)]
+            waiting = len(clients)
 
             def subscribed() -> None:
                 nonlocal waiting
@@ -871,10 +869,10 @@ class RedisSessionStore(SessionStore):
                 if waiting == 0:
                     on_ready()
             async with asyncio.TaskGroup() as group:
-                for feed in feeds:
-                    group.create_task(_listen(feed, self.channel, subscribed, on_revoked))
+                for client in clients:
+                    group.create_task(_listen(client, self.channel, subscribed, on_revoked))
                 if self.cluster:
-                    group.create_task(self._same_masters(checker, masters))
+                    group.create_task(self._same_masters(masters))
         except* (StoreUnavailable, *FAILURES) as failures:
             raise StoreUnavailable(_first_cause(failures)) from None
         finally:
@@ -884,34 +882,23 @@ class RedisSessionStore(SessionStore):
                 except FAILURES:
                     pass
 
-    async def _masters(self, client: aioredis.Redis | None = None) -> set[tuple[str, int]]:
-        """The masters that serve the slots now, as ``client`` (else the first
-        node to answer) says. Asked of a node directly: the cluster client
-        learns of a change only when one of its own commands meets it, and
-        asking it to relearn reconnects its whole pool."""
-        if client is not None:
-            slots = await client.execute_command("CLUSTER SLOTS")
-            if not slots:
-                raise StoreUnavailable("the cluster serves no slots")
-            return {(entry[2][0].decode(), int(entry[2][1])) for entry in slots}
-        known = [(n.host, n.port) for n in self.redis.get_primaries()]
-        for host, port in dict.fromkeys([*known, *self.config.cluster.nodes]):
-            node = connect_node(self.config, host, port)
-            try:
-                return await self._masters(node)
-            except FAILURES:
-                continue
-            finally:
-                await node.aclose()
-        raise StoreUnavailable("no node of the cluster answered")
+    async def _masters(self) -> set[tuple[str, int]]:
+        """The masters that serve the slots now, as a node of the cluster says
+        (``CLUSTER SLOTS``): the client's own view changes only when one of
+        its commands meets the change, and making it relearn the layout
+        reconnects its whole pool."""
+        slots = await self.redis.execute_command("CLUSTER SLOTS")
+        if not slots:
+            raise StoreUnavailable("the cluster serves no slots")
+        return {(str(host), int(port)) for host, port in
+                (shard["primary"] for shard in slots.values())}
 
-    async def _same_masters(self, client: aioredis.Redis, masters: set[tuple[str, int]]
-                            ) -> None:
+    async def _same_masters(self, masters: set[tuple[str, int]]) -> None:
         """End the watch once the masters change (a failover, a reshard, a
         replica promoted by hand), so that the next one listens on those."""
         while True:
             await asyncio.sleep(FEED_CHECK)
-            if await self._masters(client) != masters:
+            if await self._masters() != masters:
                 raise StoreUnavailable("the cluster's masters changed")
 
     async def add_security_event(self, username: str, sid: str, mark: str,
