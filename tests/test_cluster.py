@@ -16,8 +16,7 @@ import pytest
 
 from authkit import api_login, failover_drill, send
 from conftest import USERS, write_users
-from gateway.config import RedisConfig
-from gateway.config.schema import ClusterConfig
+from gateway.config import ClusterConfig, RedisConfig
 from gateway.store import Session, StoreUnavailable
 from gateway.store.base import Counts
 from gateway.store.redis import RedisSessionStore, user_tag

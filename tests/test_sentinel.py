@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 
 from authkit import api_login, failover_drill, send
 from conftest import RedisSentinels, ask

@@ -18,9 +18,8 @@ import redis.asyncio as aioredis
 
 from conftest import Clock
 from gateway.audit import stats
-from gateway.config import RedisConfig
-from gateway.config.schema import ClusterConfig, SentinelConfig
-from gateway.store import (LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER, SESSION_LIMIT,
+from gateway.config import ClusterConfig, RedisConfig, SentinelConfig
+from gateway.store import (LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
                            USER_DISABLED, EndedSession, Session)
 from gateway.store.base import MAX_FINDINGS, Counts
 from gateway.store.memory import MemorySessionStore
