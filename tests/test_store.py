@@ -21,7 +21,7 @@ from gateway.audit import stats
 from gateway.config import ClusterConfig, RedisConfig, SentinelConfig
 from gateway.store import (LOGOUT, REVOKED_BY_ADMIN, REVOKED_BY_USER,
                            USER_DISABLED, EndedSession, Session)
-from gateway.store.base import MAX_FINDINGS, Counts
+from gateway.store.base import MAX_FINDINGS, Counts, Strike
 from gateway.store.memory import MemorySessionStore
 from gateway.store.client import connect
 from gateway.store.redis import RedisSessionStore, user_tag
@@ -722,6 +722,25 @@ async def test_sessions_by_address_follow_moves_and_ends(store, clock):
     assert ids(await store.ip_sessions("192.0.2.1", 10)) == []
     clock.advance(601)                                           # all idle now
     assert await store.ip_sessions("198.51.100.1", 10) == []
+
+
+async def test_redis_scripts_are_loaded_again_after_a_script_flush(redis_store, raw_redis,
+                                                                   clock):
+    """A Redis that forgot the scripts (a restart, SCRIPT FLUSH; on a
+    cluster, every master) gets them loaded, and the work is done."""
+    store = redis_store
+    s = make(clock)
+    await create(store, s)
+    await raw_redis.script_flush()
+    clock.advance(20)
+    assert await touch(store, s, last_seen_at=clock())
+    await raw_redis.script_flush()
+    await store.audit_append([{"type": "flushed"}], 3600,
+                             Counts(keep=60, add={"h:1": Counter(logins=1)}))
+    await raw_redis.script_flush()
+    assert await store.throttle_attempt([Strike("pair:x", 5, 60, 60, {})]) == 0
+    assert [r["type"] for _, r in await store.audit_page(None, 10)] == ["flushed"]
+    assert (await store.read_counts(["h:1"], [], [], 1)).add["h:1"] == {"logins": 1}
 
 
 async def test_redis_touch_and_audit_are_one_round_trip_and_survive_a_script_flush(

@@ -366,15 +366,12 @@ def user_tag(username: str) -> str:
 def _queue(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
     """A script in a pipeline as a bare EVALSHA: given the script itself,
     redis-py first asks SCRIPT EXISTS, a round trip of its own."""
-    if isinstance(pipe, _ClusterBatch):
-        pipe.script(script, keys, args)
-    else:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 class _ClusterBatch:
     """A batch for Redis Cluster, in place of a pipeline: redis-py's cluster
-    pipeline refuses scripts (and PFCOUNT). Commands on different keys go
+    pipeline refuses EVALSHA (and PFCOUNT). Commands on different keys go
     at the same time, each to the node of its key; commands on the same key
     go one after another, in the order queued (audit entries keep their
     order), and a command on several keys waits for all queued before it.
@@ -405,8 +402,12 @@ class _ClusterBatch:
             return self
         return queued
 
-    def script(self, script: Any, keys: list[str], args: list[Any]) -> None:
-        self._queue((keys[0],), lambda: script(keys=keys, args=args))
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> "_ClusterBatch":
+        """A script goes by its first key; if Redis forgot it, NoScriptError
+        reaches ``_loading`` as from a pipeline."""
+        self._queue(keys_and_args[:1], lambda: self._client.evalsha(sha, numkeys,
+                                                                     *keys_and_args))
+        return self
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         answers: list[Any] = [None] * self._count
