@@ -83,6 +83,16 @@ def wants_html(request: web.BaseRequest) -> bool:
     return json_at < 0 or html_at < json_at
 
 
+def is_navigation(request: web.BaseRequest, method: str) -> bool:
+    """A browser's own navigation, to be sent to the login page: a GET or
+    HEAD accepting HTML that is not, by its ``Sec-Fetch-Mode``, a script's
+    fetch (htmx and kin accept HTML too: a redirect would hand them the
+    login page as if it were their answer). ``method``: the request's, or
+    for forward-auth the original request's."""
+    return method in ("GET", "HEAD") and wants_html(request) and \
+        request.headers.get("Sec-Fetch-Mode") in (None, "navigate")
+
+
 def json_response(status: int, body: dict, headers: dict | None = None) -> web.Response:
     return web.Response(status=status, text=json.dumps(body),
                         content_type="application/json", headers=headers)

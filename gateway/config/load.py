@@ -225,15 +225,14 @@ def redis_problems(redis: RedisConfig, earlier: list[str]) -> list[str]:
         problems.append(f"{where}.cluster: Redis Cluster fails over by itself; set either "
                         f"{where}.sentinel or {where}.cluster, not both")
     url = urlsplit(redis.url)
+    query = parse_qs(url.query)
     if (sentinel.nodes or cluster.nodes) and url.scheme == "unix":
         problems.append(f"{where}.url: a unix socket cannot reach Redis "
                         f"{'Sentinel' if sentinel.nodes else 'Cluster'}; use redis:// or "
                         f"rediss:// for TLS and the database")
-    elif cluster.nodes and ({url.path.strip("/")} | set(parse_qs(url.query).get("db", []))
-                            ) - {"", "0"}:
+    elif cluster.nodes and ({url.path.strip("/")} | set(query.get("db", []))) - {"", "0"}:
         problems.append(f"{where}.url: Redis Cluster has only database 0; drop the database "
                         f"from the url")
-    query = parse_qs(url.query)
     for name in ("username", "password"):
         places = [place for place, value in (
             (f"{where}.url", getattr(url, name) or query.get(name)),

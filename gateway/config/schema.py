@@ -110,7 +110,6 @@ class RedisConfig:
     max_connections: int = key(64, v.integer(minimum=1))
 
 
-
 @dataclass(frozen=True)
 class SessionConfig:
     store: str = key("memory", v.one_of("memory", "redis"))

@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlencode
 from aiohttp import web
 
 from ..config import Config, Upstream, origin_of
-from ..errors import error_response, wants_html
+from ..errors import error_response, is_navigation
 from ..state import GATEWAY
 from .decide import Refusal, counts_as_activity, decide
 from .headers import client_ip, is_trusted, user_agent_of
@@ -183,8 +183,6 @@ def _sign_in(request: web.Request, config: Config, original_url: str, method: st
     login = f"{config.public_url.rstrip('/')}{config.prefix}/login?" + \
         urlencode({"rd": original_url})
     headers = {**_NO_STORE, "Location": login}
-    navigation = method in ("GET", "HEAD") and wants_html(request) and \
-        request.headers.get("Sec-Fetch-Mode") in (None, "navigate")
-    if navigation and request.query.get("redirect") in ("1", "true"):
+    if is_navigation(request, method) and request.query.get("redirect") in ("1", "true"):
         return web.Response(status=302, headers=headers)
     return error_response(request, 401, code, headers=headers, retry=False)

@@ -21,7 +21,7 @@ from yarl import URL
 from ..auth.cookies import clear_session_cookie, set_notice
 from ..auth.sessions import AuthError, Identity
 from ..config import Upstream, origin_of
-from ..errors import HTTP1, error_response, json_error, refuse_version, wants_html
+from ..errors import HTTP1, error_response, is_navigation, json_error, refuse_version
 from ..logs import ACCESS, request_id
 from ..state import GATEWAY, Gateway
 from ..store import StoreUnavailable
@@ -160,10 +160,7 @@ def refuse(request: web.Request, gw: Gateway, refusal: Refusal) -> web.Response:
 def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) -> web.Response:
     """Browsers are sent to sign in; everything else gets 401 JSON with the code.
 
-    A browser navigation is a GET or HEAD accepting HTML that is not, by its
-    ``Sec-Fetch-Mode``, a script's fetch (htmx and kin accept HTML too: a
-    redirect would hand them the login page as if it were their answer).
-    The 401 carries ``Gateway-Refusal: session``, by which the session
+    A browser navigation is ``is_navigation``'s. The 401 carries ``Gateway-Refusal: session``, by which the session
     monitor knows the upstream never saw the request. A short-lived notice
     cookie tells the login page why the user has to sign in again. The
     cookie that named the dead session is cleared on a navigation only: a
@@ -171,9 +168,7 @@ def deny(request: web.Request, gw: Gateway, exc: AuthError, had_cookie: bool) ->
     otherwise clear the new session's cookie as its answer lands (a dead
     cookie left in place costs nothing; the store refuses it).
     """
-    mode = request.headers.get("Sec-Fetch-Mode")
-    browser = request.method in ("GET", "HEAD") and wants_html(request) and \
-        mode in (None, "navigate")
+    browser = is_navigation(request, request.method)
     if browser:
         target = f"{gw.config.prefix}/login?" + urlencode({"rd": request.raw_path})
         response = web.Response(status=302, headers={"Location": target,
