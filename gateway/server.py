@@ -26,8 +26,8 @@ from collections.abc import Callable
 from .auth.assertion import load_or_create_key
 from .config import Config
 from .logs import AccessLogger
-from .metrics import MULTIPROC_ENV, forget, prepare_workers
 from .logs import configure as configure_logging
+from .metrics import MULTIPROC_ENV, forget, prepare_workers
 
 log = logging.getLogger("gateway")
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -218,25 +218,28 @@ class RedisCluster:
             proc.wait(10)
 
 
+T = TypeVar("T", "RedisCluster", "RedisSentinels")
+
+
+def running(topology: T) -> Iterator[T]:
+    """A fixture's body for a set of Redis processes: started, handed over,
+    stopped (also when starting failed half-way)."""
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.stop()
+
+
 @pytest.fixture
 def fresh_redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """A cluster of this test's own, for a test that kills a node."""
-    cluster = RedisCluster(tmp_path)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running(RedisCluster(tmp_path))
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"), password="cluster-pw")
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running(RedisCluster(tmp_path_factory.mktemp("cluster"), password="cluster-pw"))
 
 
 def ask(port: int, command: bytes, password: str | None = None) -> bytes:
@@ -329,22 +332,12 @@ class RedisSentinels:
 def shared_redis_sentinels(tmp_path_factory: pytest.TempPathFactory
                            ) -> Iterator[RedisSentinels]:
     """Sentinel for the store suite (the drill kills its own, below)."""
-    topology = RedisSentinels(tmp_path_factory.mktemp("sentinels"))
-    try:
-        topology.start()
-        yield topology
-    finally:
-        topology.stop()
+    yield from running(RedisSentinels(tmp_path_factory.mktemp("sentinels")))
 
 
 @pytest.fixture
 def redis_sentinels(tmp_path: Path) -> Iterator[RedisSentinels]:
-    topology = RedisSentinels(tmp_path)
-    try:
-        topology.start()
-        yield topology
-    finally:
-        topology.stop()
+    yield from running(RedisSentinels(tmp_path))
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
