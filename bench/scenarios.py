@@ -431,7 +431,7 @@ def _revocation_trial(env: Env, cfg: gwctl.GatewayConfig, svc: Service) -> dict[
 
     async def run() -> dict[str, Any]:
         from gateway.config import load_config
-        from gateway.store import REVOKED_BY_ADMIN, create_store
+        from gateway.store import create_store
         session_config = load_config(cfg.path).session
         store = create_store(session_config)
         await store.ping()
@@ -441,10 +441,7 @@ def _revocation_trial(env: Env, cfg: gwctl.GatewayConfig, svc: Service) -> dict[
         try:
             await asyncio.sleep(0.5)
             owners = await asyncio.to_thread(probe.connection_owners, workers, cfg.port)
-            if not await store.end(username, sid, REVOKED_BY_ADMIN, "bench", time.time(),
-                                   session_config.history):
-                raise RuntimeError("store.end found no session")
-            t_ret = time.monotonic()
+            t_ret = await revoke(store, session_config, username, sid)
             await asyncio.sleep(1.0)
         finally:
             stop.set()
@@ -475,6 +472,16 @@ def _revocation_trial(env: Env, cfg: gwctl.GatewayConfig, svc: Service) -> dict[
             "connections_per_worker": _count(owners),
             "answers": sum(len(c.answers) for c in conns),
             "ok_after_revoke": stale_200}
+
+
+async def revoke(store: Any, session_config: Any, username: str, sid: str) -> float:
+    """End the session as an admin does, through the store; when the end
+    returned (time.monotonic), which every worker's refusal is timed from."""
+    from gateway.store import REVOKED_BY_ADMIN
+    if not await store.end(username, sid, REVOKED_BY_ADMIN, "bench", time.time(),
+                           session_config.history):
+        raise RuntimeError("store.end found no session")
+    return time.monotonic()
 
 
 def _count(owners: dict[int, int]) -> dict[int, int]:

@@ -52,7 +52,7 @@ from . import gwctl, probe, report
 from .ab import cpu_seconds
 from .load import Conn, WrkResult, WrkSettings, poll_keepalive, wrk
 from .procs import BENCH_DIR, Service, Stack, check_tools, redis_ping
-from .scenarios import bench_usernames
+from .scenarios import bench_usernames, revoke
 
 USERS = bench_usernames() + ["alice", "bob"]
 JSON = {"Accept": "application/json"}
@@ -390,7 +390,7 @@ def _revocation_trial(run: Run, gateways: list[tuple[gwctl.GatewayConfig, Servic
 
     async def go() -> dict[str, Any]:
         from gateway.config import load_config
-        from gateway.store import REVOKED_BY_ADMIN, create_store
+        from gateway.store import create_store
         session_config = load_config(gateways[0][0].path).session
         store = create_store(session_config)
         await store.ping()
@@ -398,10 +398,7 @@ def _revocation_trial(run: Run, gateways: list[tuple[gwctl.GatewayConfig, Servic
             polls = [await _poll_spread(cfg.port, "/", headers, n, pids, time.monotonic() + 20)
                      for (cfg, _), pids in zip(gateways, workers)]
             try:
-                if not await store.end(username, sid, REVOKED_BY_ADMIN, "bench", time.time(),
-                                       session_config.history):
-                    raise RuntimeError("store.end found no session")
-                t_ret = time.monotonic()
+                t_ret = await revoke(store, session_config, username, sid)
                 await asyncio.sleep(1.0)
             finally:
                 for stop, _, _ in polls:
